@@ -1,0 +1,217 @@
+"""The registry's Kubernetes objects: namespace, TLS Secret, volume claim, Deployment, Service.
+
+Each builder takes settings plus the Outputs of what it refers to, so references are wired
+(``claimName=claim.metadata.name``) rather than retyped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from .config import RegistrySettings
+
+CONTAINER_PORT = 5000
+CONTAINER_PORT_NAME = "https"
+CERTS_MOUNT_PATH = "/certs"
+DATA_MOUNT_PATH = "/var/lib/registry"
+TMP_MOUNT_PATH = "/tmp"
+# registry:2 has no USER; any fixed non-root id works because the volumes get fsGroup.
+RUN_AS_ID = 1000
+METALLB_IP_ANNOTATION = "metallb.universe.tf/loadBalancerIPs"
+CERTIFICATE_HASH_ANNOTATION = "k3s-registry.dev/certificate-sha256"
+
+
+def pod_labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "registry", "app.kubernetes.io/instance": name}
+
+
+def object_labels(name: str) -> dict[str, str]:
+    return {**pod_labels(name), "app.kubernetes.io/managed-by": "pulumi"}
+
+
+def create_namespace(name: str, settings: RegistrySettings, parent: pulumi.Resource) -> k8s.core.v1.Namespace:
+    return k8s.core.v1.Namespace(
+        f"{name}-namespace",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=settings.namespace, labels=object_labels(name)),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def create_tls_secret(
+    name: str,
+    namespace: pulumi.Input[str],
+    certificate_pem: pulumi.Input[str],
+    private_key_pem: pulumi.Input[str],
+    parent: pulumi.Resource,
+) -> k8s.core.v1.Secret:
+    # No fixed metadata.name: a new certificate replaces the Secret under a new name, which
+    # the Deployment then references, so there is never a moment with a half-updated Secret.
+    return k8s.core.v1.Secret(
+        f"{name}-tls",
+        metadata=k8s.meta.v1.ObjectMetaArgs(namespace=namespace, labels=object_labels(name)),
+        type="kubernetes.io/tls",
+        string_data={
+            "tls.crt": certificate_pem,
+            "tls.key": pulumi.Output.secret(private_key_pem),
+        },
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def create_storage_claim(
+    name: str, settings: RegistrySettings, namespace: pulumi.Input[str], parent: pulumi.Resource
+) -> k8s.core.v1.PersistentVolumeClaim:
+    return k8s.core.v1.PersistentVolumeClaim(
+        f"{name}-data",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{name}-data", namespace=namespace, labels=object_labels(name)),
+        spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+            access_modes=["ReadWriteOnce"],
+            storage_class_name=settings.storage_class,
+            resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": settings.storage_size}),
+        ),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def certificate_fingerprint(certificate_pem: pulumi.Input[str]) -> pulumi.Output[str]:
+    return pulumi.Output.from_input(certificate_pem).apply(
+        lambda pem: hashlib.sha256(pem.encode()).hexdigest()
+    )
+
+
+def registry_environment() -> list[k8s.core.v1.EnvVarArgs]:
+    values = {
+        "REGISTRY_HTTP_ADDR": f":{CONTAINER_PORT}",
+        "REGISTRY_HTTP_TLS_CERTIFICATE": f"{CERTS_MOUNT_PATH}/tls.crt",
+        "REGISTRY_HTTP_TLS_KEY": f"{CERTS_MOUNT_PATH}/tls.key",
+        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": DATA_MOUNT_PATH,
+    }
+    return [k8s.core.v1.EnvVarArgs(name=key, value=value) for key, value in values.items()]
+
+
+def _https_probe(initial_delay: int, period: int) -> k8s.core.v1.ProbeArgs:
+    # "/" answers 200 with or without authentication; "/v2/" would answer 401 once auth is on.
+    return k8s.core.v1.ProbeArgs(
+        http_get=k8s.core.v1.HTTPGetActionArgs(path="/", port=CONTAINER_PORT_NAME, scheme="HTTPS"),
+        initial_delay_seconds=initial_delay,
+        period_seconds=period,
+        timeout_seconds=3,
+        failure_threshold=3,
+    )
+
+
+def _container_security_context() -> k8s.core.v1.SecurityContextArgs:
+    return k8s.core.v1.SecurityContextArgs(
+        run_as_non_root=True,
+        run_as_user=RUN_AS_ID,
+        run_as_group=RUN_AS_ID,
+        allow_privilege_escalation=False,
+        privileged=False,
+        read_only_root_filesystem=True,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+def create_deployment(
+    name: str,
+    settings: RegistrySettings,
+    namespace: pulumi.Input[str],
+    secret_name: pulumi.Input[str],
+    claim_name: pulumi.Input[str],
+    certificate_pem: pulumi.Input[str],
+    parent: pulumi.Resource,
+) -> k8s.apps.v1.Deployment:
+    labels = pod_labels(name)
+    container = k8s.core.v1.ContainerArgs(
+        name="registry",
+        image=settings.image,
+        image_pull_policy="IfNotPresent",
+        ports=[k8s.core.v1.ContainerPortArgs(name=CONTAINER_PORT_NAME, container_port=CONTAINER_PORT, protocol="TCP")],
+        env=registry_environment(),
+        volume_mounts=[
+            k8s.core.v1.VolumeMountArgs(name="certs", mount_path=CERTS_MOUNT_PATH, read_only=True),
+            k8s.core.v1.VolumeMountArgs(name="data", mount_path=DATA_MOUNT_PATH),
+            k8s.core.v1.VolumeMountArgs(name="tmp", mount_path=TMP_MOUNT_PATH),
+        ],
+        readiness_probe=_https_probe(initial_delay=2, period=10),
+        liveness_probe=_https_probe(initial_delay=10, period=20),
+        resources=k8s.core.v1.ResourceRequirementsArgs(
+            requests={"cpu": "50m", "memory": "64Mi"},
+            limits={"cpu": "1", "memory": "512Mi"},
+        ),
+        security_context=_container_security_context(),
+    )
+    pod_spec = k8s.core.v1.PodSpecArgs(
+        node_selector=dict(settings.node_selector) or None,
+        automount_service_account_token=False,
+        security_context=k8s.core.v1.PodSecurityContextArgs(
+            run_as_non_root=True,
+            run_as_user=RUN_AS_ID,
+            run_as_group=RUN_AS_ID,
+            fs_group=RUN_AS_ID,
+            fs_group_change_policy="OnRootMismatch",
+            seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+        ),
+        containers=[container],
+        volumes=[
+            k8s.core.v1.VolumeArgs(
+                name="certs",
+                secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=secret_name, default_mode=0o440),
+            ),
+            k8s.core.v1.VolumeArgs(
+                name="data",
+                persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(claim_name=claim_name),
+            ),
+            k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="64Mi")),
+        ],
+    )
+    return k8s.apps.v1.Deployment(
+        f"{name}-deployment",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=object_labels(name)),
+        spec=k8s.apps.v1.DeploymentSpecArgs(
+            replicas=1,
+            # RollingUpdate would start the new pod while the old one still holds the
+            # ReadWriteOnce volume: on another node it stalls on a Multi-Attach error.
+            strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
+            revision_history_limit=3,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
+            template=k8s.core.v1.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    labels=labels,
+                    annotations={CERTIFICATE_HASH_ANNOTATION: certificate_fingerprint(certificate_pem)},
+                ),
+                spec=pod_spec,
+            ),
+        ),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def create_service(
+    name: str, settings: RegistrySettings, namespace: pulumi.Input[str], parent: pulumi.Resource
+) -> k8s.core.v1.Service:
+    # The IP is requested through MetalLB's annotation: spec.loadBalancerIP is deprecated and
+    # MetalLB rejects a Service that sets both.
+    return k8s.core.v1.Service(
+        f"{name}-service",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=name,
+            namespace=namespace,
+            labels=object_labels(name),
+            annotations={METALLB_IP_ANNOTATION: settings.load_balancer_ip},
+        ),
+        spec=k8s.core.v1.ServiceSpecArgs(
+            type="LoadBalancer",
+            selector=pod_labels(name),
+            ports=[
+                k8s.core.v1.ServicePortArgs(
+                    name=CONTAINER_PORT_NAME, port=settings.port, target_port=CONTAINER_PORT_NAME, protocol="TCP"
+                )
+            ],
+        ),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )

@@ -1,0 +1,429 @@
+"""Stack configuration: read once, validated, returned as frozen dataclasses.
+
+Every key lives in the ``k3s-registry:`` namespace. Values arrive from Pulumi as strings
+(objects and lists as JSON), so each key is parsed here, by one function, into the type the
+components use. Every problem is collected and reported together, each naming the key and
+the fix, so a bad stack file fails at ``pulumi preview`` before any resource is declared.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, TypeVar
+
+import pulumi
+
+PROJECT = "k3s-registry"
+
+DEFAULT_PORT = 5000
+DEFAULT_NAMESPACE = "docker-registry"
+DEFAULT_STORAGE_SIZE = "15Gi"
+DEFAULT_CERT_VALIDITY_DAYS = 3650
+DEFAULT_KEY_ALGORITHM = "RSA"
+# Pinned: a new registry release should be a reviewed change, not a surprise at pod restart.
+DEFAULT_IMAGE = "registry:2.8.3"
+DEFAULT_SSH_PORT = 22
+DEFAULT_SSH_USER = "root"
+
+KEY_ALGORITHMS = ("RSA", "ECDSA")
+NODE_ROLES = ("server", "agent")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+_QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_IMAGE_REFERENCE = re.compile(
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
+    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+)
+_POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_SSH_PUBLIC_KEY = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*$")
+
+
+class ConfigError(ValueError):
+    """One or more stack configuration values are wrong; the message lists each of them."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        listing = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"invalid stack configuration:\n{listing}")
+
+
+@dataclass(frozen=True)
+class CertificateSettings:
+    common_name: str
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    validity_days: int
+    key_algorithm: str
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    hostname: str
+    load_balancer_ip: str
+    port: int
+    namespace: str
+    storage_class: Optional[str]
+    storage_size: str
+    node_selector: tuple[tuple[str, str], ...]
+    image: str
+    certificate: CertificateSettings
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as clients and k3s name the registry."""
+        return f"{self.hostname}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    name: str
+    host: str
+    port: int
+    user: str
+    role: str
+    host_key: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class NodeAccessSettings:
+    nodes: tuple[NodeSettings, ...]
+    restart_k3s: bool
+    # Secret: kept as an Output so it never appears in plain text in state or logs.
+    ssh_private_key: Optional[pulumi.Output[str]] = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    registry: RegistrySettings
+    node_access: NodeAccessSettings
+
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Parses raw config strings key by key, collecting problems instead of stopping at one."""
+
+    def __init__(self, raw: Mapping[str, Optional[str]]):
+        self._raw = raw
+        self.problems: list[str] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{PROJECT}:{key}: {message}")
+
+    def value(self, key: str, parse: Callable[[str, Any], T], default: T, *, json_value: bool) -> T:
+        text = self._raw.get(key)
+        if text is None:
+            return default
+        try:
+            raw_value = json.loads(text) if json_value else text
+        except json.JSONDecodeError:
+            self.problem(key, f"is not valid JSON ({text!r}); set it with `pulumi config set --path` or as YAML in the stack file")
+            return default
+        try:
+            return parse(key, raw_value)
+        except _Invalid as invalid:
+            self.problem(key, str(invalid))
+            return default
+
+    def required(self, key: str, parse: Callable[[str, Any], T], *, hint: str) -> Optional[T]:
+        if self._raw.get(key) in (None, ""):
+            self.problem(key, f"is required; {hint}")
+            return None
+        return self.value(key, parse, None, json_value=False)
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _fail(message: str) -> None:
+    raise _Invalid(message)
+
+
+def parse_int(low: int, high: int, what: str) -> Callable[[str, Any], int]:
+    def parse(_key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            _fail(f"must be a whole number ({what}), got {value!r}")
+        if isinstance(value, str) and not re.fullmatch(r"[0-9]+", value.strip()):
+            _fail(f"must be a whole number ({what}), got {value!r}")
+        number = int(value)
+        if not low <= number <= high:
+            _fail(f"{number} is out of range; use {what} between {low} and {high}")
+        return number
+
+    return parse
+
+
+def parse_bool(_key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    _fail(f"must be true or false, got {value!r}")
+    return False
+
+
+def parse_hostname(_key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        _fail(f"must be a DNS name such as registry.example.lan, got {value!r}")
+    name = value.strip().rstrip(".").lower()
+    _check_dns_name(name, allow_wildcard=False)
+    return name
+
+
+def parse_ip(_key: str, value: Any) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        _fail(f"{value!r} is not an IP address; use an address such as 192.168.0.202")
+        return ""
+
+
+def _check_dns_name(name: str, *, allow_wildcard: bool) -> None:
+    labels = name.split(".")
+    if allow_wildcard and labels[0] == "*" and len(labels) > 1:
+        labels = labels[1:]
+    if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        wildcard = " (a wildcard only as the first label, like *.cube.local)" if allow_wildcard else ""
+        _fail(
+            f"{name!r} is not a valid DNS name; use letters, digits and hyphens in dot-separated "
+            f"labels of at most 63 characters{wildcard}"
+        )
+    if labels[-1].isdigit():
+        _fail(f"{name!r} looks like an IP address; put addresses in the IP settings, not DNS names")
+
+
+def parse_string_list(item: Callable[[str, Any], str]) -> Callable[[str, Any], tuple[str, ...]]:
+    def parse(key: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            _fail(f"must be a list, got {value!r}")
+        return tuple(item(key, element) for element in value)
+
+    return parse
+
+
+def parse_dns_name_or_wildcard(_key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        _fail(f"entries must be DNS names, got {value!r}")
+    name = value.strip().rstrip(".").lower()
+    _check_dns_name(name, allow_wildcard=True)
+    return name
+
+
+def parse_namespace(_key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _DNS_LABEL.match(value):
+        _fail(
+            f"{value!r} is not a valid namespace name; use at most 63 lower-case letters, digits "
+            "and hyphens, starting and ending with a letter or digit"
+        )
+    return value
+
+
+def parse_storage_class(_key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        _fail("must be a storage class name; omit the key to use the cluster's default class")
+    try:
+        _check_dns_name(value, allow_wildcard=False)
+    except _Invalid:
+        _fail(f"{value!r} is not a valid storage class name (a DNS subdomain, like longhorn)")
+    if value != value.lower():
+        _fail(f"{value!r} is not a valid storage class name; use lower case")
+    return value
+
+
+def parse_quantity(_key: str, value: Any) -> str:
+    match = _QUANTITY.match(str(value).strip()) if isinstance(value, (str, int)) else None
+    if not match or float(match.group("number")) <= 0:
+        _fail(f"{value!r} is not a storage size; use a Kubernetes quantity such as 15Gi or 500Mi")
+    return str(value).strip()
+
+
+def parse_node_selector(_key: str, value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        _fail(f"must be an object of label: value pairs, like {{node-type: worker}}, got {value!r}")
+    for label, label_value in value.items():
+        _check_label_key(label)
+        if not isinstance(label_value, str) or (label_value and not _LABEL_NAME.match(label_value)):
+            _fail(
+                f"label {label!r} has value {label_value!r}; label values are strings of at most "
+                "63 letters, digits, '-', '_' or '.'"
+            )
+    return tuple(sorted(value.items()))
+
+
+def _check_label_key(label: Any) -> None:
+    prefix, _, name = str(label).rpartition("/")
+    valid_prefix = not prefix or (len(prefix) <= 253 and all(_DNS_LABEL.match(p) for p in prefix.split(".")))
+    if not isinstance(label, str) or not valid_prefix or not _LABEL_NAME.match(name):
+        _fail(f"{label!r} is not a valid label key, like node-type or example.com/zone")
+
+
+def parse_key_algorithm(_key: str, value: Any) -> str:
+    algorithm = str(value).strip().upper()
+    if algorithm not in KEY_ALGORITHMS:
+        _fail(f"{value!r} is not supported; use RSA (4096 bits) or ECDSA (P-256)")
+    return algorithm
+
+
+def parse_image(_key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _IMAGE_REFERENCE.match(value):
+        _fail(f"{value!r} is not an image reference; use a name with a tag, like registry:2.8.3")
+    return value
+
+
+def parse_nodes(key: str, value: Any) -> tuple[NodeSettings, ...]:
+    if not isinstance(value, list):
+        _fail("must be a list of nodes, each {name, host, port, user, role}")
+    nodes = tuple(_parse_node(index, entry) for index, entry in enumerate(value))
+    _check_unique(nodes, lambda node: node.name, "name")
+    _check_unique(nodes, lambda node: f"{node.host}:{node.port}", "host and port")
+    return nodes
+
+
+_NODE_KEYS = ("name", "host", "port", "user", "role", "hostKey")
+
+
+def _parse_node(index: int, entry: Any) -> NodeSettings:
+    if not isinstance(entry, dict):
+        _fail(f"node #{index + 1} must be an object with name, host and role, got {entry!r}")
+    name = entry.get("name")
+    where = f"node {name!r}" if isinstance(name, str) and name else f"node #{index + 1}"
+    unknown = sorted(set(entry) - set(_NODE_KEYS))
+    if unknown:
+        _fail(f"{where}: unknown key(s) {', '.join(unknown)}; a node takes {', '.join(_NODE_KEYS)}")
+    if not isinstance(name, str) or not _DNS_LABEL.match(name):
+        _fail(
+            f"{where}: name must be a short lower-case name (letters, digits, hyphens), "
+            f"used in resource names, got {name!r}"
+        )
+    host = entry.get("host")
+    if not isinstance(host, str) or not host.strip():
+        _fail(f"{where}: host is empty; give the node's address or DNS name")
+    try:
+        port = parse_int(1, 65535, "an SSH port")("", entry.get("port", DEFAULT_SSH_PORT))
+    except _Invalid as invalid:
+        _fail(f"{where}: port {invalid}")
+    user = entry.get("user", DEFAULT_SSH_USER)
+    if not isinstance(user, str) or not _POSIX_USER.match(user):
+        _fail(f"{where}: user {user!r} is not a valid login name")
+    role = entry.get("role")
+    if role not in NODE_ROLES:
+        _fail(f"{where}: role {role!r} is not known; use server (runs k3s) or agent (runs k3s-agent)")
+    host_key = entry.get("hostKey")
+    if host_key is not None and (not isinstance(host_key, str) or not _SSH_PUBLIC_KEY.match(_key_type_and_body(host_key))):
+        _fail(f"{where}: hostKey must be the node's public host key, like 'ssh-ed25519 AAAA...'")
+    return NodeSettings(
+        name=name,
+        host=host.strip(),
+        port=port,
+        user=user,
+        role=role,
+        host_key=_key_type_and_body(host_key) if host_key else None,
+    )
+
+
+def _key_type_and_body(host_key: str) -> str:
+    return " ".join(host_key.split()[:2])
+
+
+def _check_unique(nodes: tuple[NodeSettings, ...], identity: Callable[[NodeSettings], str], what: str) -> None:
+    seen: dict[str, str] = {}
+    for node in nodes:
+        key = identity(node)
+        if key in seen:
+            _fail(f"nodes {seen[key]!r} and {node.name!r} have the same {what} ({key}); each node must be listed once")
+        seen[key] = node.name
+
+
+KNOWN_KEYS = (
+    "hostname",
+    "loadBalancerIp",
+    "port",
+    "namespace",
+    "storageClass",
+    "storageSize",
+    "nodeSelector",
+    "certDnsNames",
+    "certIpAddresses",
+    "certValidityDays",
+    "keyAlgorithm",
+    "image",
+    "nodes",
+    "sshPrivateKey",
+    "restartK3s",
+)
+
+
+def parse_settings(
+    raw: Mapping[str, Optional[str]],
+    ssh_private_key: Optional[pulumi.Output[str]] = None,
+) -> StackSettings:
+    """Turns raw config strings (key without namespace -> value) into validated settings."""
+    read = _Reader(raw)
+    for key in sorted(set(raw) - set(KNOWN_KEYS)):
+        read.problem(key, f"is not a setting of this program; known settings: {', '.join(KNOWN_KEYS)}")
+
+    hostname = read.required("hostname", parse_hostname, hint="set the registry's DNS name, e.g. registry.cube.local")
+    load_balancer_ip = read.required(
+        "loadBalancerIp", parse_ip, hint="set the IP MetalLB should give the registry, e.g. 192.168.0.202"
+    )
+    port = read.value("port", parse_int(1, 65535, "a TCP port"), DEFAULT_PORT, json_value=False)
+    dns_names = read.value("certDnsNames", parse_string_list(parse_dns_name_or_wildcard), (), json_value=True)
+    ip_addresses = read.value("certIpAddresses", parse_string_list(parse_ip), (), json_value=True)
+    certificate = CertificateSettings(
+        common_name=hostname or "",
+        dns_names=_unique((hostname,) + dns_names if hostname else dns_names),
+        ip_addresses=_unique((load_balancer_ip,) + ip_addresses if load_balancer_ip else ip_addresses),
+        validity_days=read.value(
+            "certValidityDays", parse_int(1, 36500, "a number of days"), DEFAULT_CERT_VALIDITY_DAYS, json_value=False
+        ),
+        key_algorithm=read.value("keyAlgorithm", parse_key_algorithm, DEFAULT_KEY_ALGORITHM, json_value=False),
+    )
+    registry = RegistrySettings(
+        hostname=hostname or "",
+        load_balancer_ip=load_balancer_ip or "",
+        port=port,
+        namespace=read.value("namespace", parse_namespace, DEFAULT_NAMESPACE, json_value=False),
+        storage_class=read.value("storageClass", parse_storage_class, None, json_value=False),
+        storage_size=read.value("storageSize", parse_quantity, DEFAULT_STORAGE_SIZE, json_value=False),
+        node_selector=read.value("nodeSelector", parse_node_selector, (), json_value=True),
+        image=read.value("image", parse_image, DEFAULT_IMAGE, json_value=False),
+        certificate=certificate,
+    )
+    node_access = NodeAccessSettings(
+        nodes=read.value("nodes", parse_nodes, (), json_value=True),
+        restart_k3s=read.value("restartK3s", parse_bool, True, json_value=False),
+        ssh_private_key=ssh_private_key,
+    )
+    if read.problems:
+        raise ConfigError(read.problems)
+    return StackSettings(registry=registry, node_access=node_access)
+
+
+def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(values))
+
+
+def load_settings(config: Optional[pulumi.Config] = None) -> StackSettings:
+    """Reads this project's stack configuration from Pulumi and validates it."""
+    config = config or pulumi.Config(PROJECT)
+    present = _configured_keys()
+    raw = {key: config.get(key) for key in present if key != "sshPrivateKey"}
+    ssh_private_key = config.get_secret("sshPrivateKey") if "sshPrivateKey" in present else None
+    return parse_settings(raw, ssh_private_key)
+
+
+def _configured_keys() -> set[str]:
+    """Keys set for this project, including unknown ones, so typos are reported, not ignored."""
+    from pulumi.runtime import config as runtime_config
+
+    names = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    prefix = f"{PROJECT}:"
+    keys = {name[len(prefix):] for name in names if name.startswith(prefix)}
+    return keys | {key for key in KNOWN_KEYS if runtime_config.get_config(prefix + key) is not None}

@@ -1,0 +1,128 @@
+"""The node side: every k3s node trusts the registry, resolves its name and pulls from it.
+
+One ``NodeConfiguration`` per node, each with three independent steps (trust store,
+/etc/hosts, k3s registries.yaml) run over SSH by pulumi-command. Nodes never depend on one
+another, so ``pulumi up --continue-on-error`` configures every reachable node when one is down.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_command as command
+
+from . import node_scripts
+from .config import NodeAccessSettings, NodeSettings, RegistrySettings
+from .node_scripts import NodeTarget, as_command
+
+
+def instance_id_for(project: str, stack: str) -> str:
+    """Names this program's files on a node; distinct per stack so two registries can coexist."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{project}-{stack}".lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class NodeConfigurationArgs:
+    node: NodeSettings
+    registry: RegistrySettings
+    trust_anchor_pem: pulumi.Input[str]
+    instance_id: str
+    restart_k3s: bool
+    ssh_private_key: Optional[pulumi.Input[str]] = None
+
+
+class NodeConfiguration(pulumi.ComponentResource):
+    """The registry's trust, name and k3s settings on one node."""
+
+    trust: command.remote.Command
+    hosts: command.remote.Command
+    registries: command.remote.Command
+
+    def __init__(self, name: str, args: NodeConfigurationArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("k3s-registry:index:NodeConfiguration", name, None, opts)
+        node = args.node
+        target = NodeTarget(node_name=node.name, role=node.role, instance_id=args.instance_id)
+        connection = command.remote.ConnectionArgs(
+            host=node.host,
+            port=node.port,
+            user=node.user,
+            private_key=pulumi.Output.secret(args.ssh_private_key) if args.ssh_private_key is not None else None,
+            host_key=node.host_key,
+        )
+        registry = args.registry
+        anchor = pulumi.Output.from_input(args.trust_anchor_pem)
+
+        def step(role: str, create: pulumi.Input[str], delete: str) -> command.remote.Command:
+            return command.remote.Command(
+                f"{name}-{role}",
+                connection=connection,
+                create=create,
+                update=create,
+                delete=delete,
+                add_previous_output_in_env=False,
+                # Moving a node to another address undoes the old host before configuring the new.
+                triggers=[node.host, node.port],
+                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            )
+
+        self.trust = step(
+            "trust",
+            anchor.apply(lambda pem: as_command(node_scripts.trust_install_script(target, pem), node.user)),
+            as_command(node_scripts.trust_remove_script(target), node.user),
+        )
+        self.hosts = step(
+            "hosts",
+            as_command(
+                node_scripts.hosts_install_script(target, registry.hostname, registry.load_balancer_ip), node.user
+            ),
+            as_command(node_scripts.hosts_remove_script(target), node.user),
+        )
+        self.registries = step(
+            "k3s",
+            anchor.apply(
+                lambda pem: as_command(
+                    node_scripts.registries_install_script(target, registry.address, pem, args.restart_k3s),
+                    node.user,
+                )
+            ),
+            as_command(node_scripts.registries_remove_script(target, registry.address, args.restart_k3s), node.user),
+        )
+        self.register_outputs({})
+
+
+@dataclass(frozen=True)
+class ClusterNodesArgs:
+    registry: RegistrySettings
+    access: NodeAccessSettings
+    trust_anchor_pem: pulumi.Input[str]
+    instance_id: str
+
+
+class ClusterNodes(pulumi.ComponentResource):
+    """Configures every node listed in the stack for the registry."""
+
+    node_names: pulumi.Output[list[str]]
+    """The nodes this stack configures."""
+
+    def __init__(self, name: str, args: ClusterNodesArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("k3s-registry:index:ClusterNodes", name, None, opts)
+        self.nodes = {
+            node.name: NodeConfiguration(
+                f"{name}-{node.name}",
+                NodeConfigurationArgs(
+                    node=node,
+                    registry=args.registry,
+                    trust_anchor_pem=args.trust_anchor_pem,
+                    instance_id=args.instance_id,
+                    restart_k3s=args.access.restart_k3s,
+                    ssh_private_key=args.access.ssh_private_key,
+                ),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            for node in args.access.nodes
+        }
+        self.node_names = pulumi.Output.from_input([node.name for node in args.access.nodes])
+        self.register_outputs({"nodeNames": self.node_names})

@@ -1,0 +1,102 @@
+"""Edits k3s's registries.yaml on a node: adds or removes this registry, keeps everything else.
+
+This file runs on the node (``python3 -c <source>``), so it uses only the standard library and
+PyYAML, and never prints the document: registries.yaml can hold other registries' passwords.
+The caller writes the result; this program only reads the current file and prints the new one.
+
+    merge   FILE ADDRESS CA_FILE [OLD_ADDRESS]  < auth.json   (auth.json: {} or {"username","password"})
+    unmerge FILE ADDRESS
+"""
+
+import json
+import sys
+
+import yaml
+
+
+class EditError(Exception):
+    pass
+
+
+def load_document(text):
+    try:
+        document = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        # The parser's message quotes the offending line, which may hold a password: not shown.
+        raise EditError(f"registries.yaml is not valid YAML{where}; fix or remove it and retry") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise EditError("registries.yaml does not hold a mapping at the top level; fix or remove it and retry")
+    for section in ("mirrors", "configs"):
+        if document.get(section) is not None and not isinstance(document[section], dict):
+            raise EditError(f"registries.yaml: '{section}' is not a mapping; fix it and retry")
+    return document
+
+
+def remove_registry(document, address):
+    for section in ("mirrors", "configs"):
+        entries = document.get(section)
+        if isinstance(entries, dict):
+            entries.pop(address, None)
+            if not entries:
+                del document[section]
+    return document
+
+
+def add_registry(document, address, ca_file, auth):
+    config = {"tls": {"ca_file": ca_file}}
+    if auth:
+        config["auth"] = {"username": auth["username"], "password": auth["password"]}
+    document.setdefault("mirrors", {})[address] = {"endpoint": [f"https://{address}"]}
+    document.setdefault("configs", {})[address] = config
+    return document
+
+
+def render(document):
+    if not document:
+        return ""
+    return yaml.safe_dump(document, default_flow_style=False, sort_keys=False)
+
+
+def merge(text, address, ca_file, old_address=None, auth=None):
+    document = load_document(text)
+    if old_address and old_address != address:
+        remove_registry(document, old_address)
+    return render(add_registry(remove_registry(document, address), address, ca_file, auth))
+
+
+def unmerge(text, address):
+    return render(remove_registry(load_document(text), address))
+
+
+def _read(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return ""
+
+
+def main(argv):
+    command, path, address = argv[1:4]
+    if command == "merge":
+        ca_file = argv[4]
+        old_address = argv[5] if len(argv) > 5 else None
+        auth = json.loads(sys.stdin.read() or "{}")
+        result = merge(_read(path), address, ca_file, old_address, auth)
+    elif command == "unmerge":
+        result = unmerge(_read(path), address)
+    else:
+        raise EditError(f"unknown command {command!r}")
+    sys.stdout.write(result)
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv)
+    except EditError as error:
+        sys.stderr.write(f"k3s-registry: {error}\n")
+        sys.exit(3)

@@ -1,0 +1,29 @@
+"""Shared test setup: import paths, and the real test bed's common pieces."""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+sys.path[:0] = [str(TESTS_DIR.parent), str(TESTS_DIR)]
+
+REQUIRED_PROGRAMS = ("sshd", "ssh-keygen", "docker-registry", "skopeo", "curl", "unshare", "nsenter",
+                     "update-ca-certificates", "shellcheck", "sudo")
+
+
+def pytest_sessionstart(session):
+    """In CI a missing tool is a failure, never a silent skip: scripts/test installs them all."""
+    missing = [p for p in REQUIRED_PROGRAMS if not shutil.which(p, path=os.environ["PATH"] + ":/usr/sbin:/sbin")]
+    if missing or os.geteuid() != 0:
+        reason = f"missing programs: {missing}" if missing else "the test bed needs root"
+        raise pytest.UsageError(f"{reason}; run ./scripts/test, which installs and runs everything as root")
+
+
+@pytest.fixture(scope="session")
+def client_key(tmp_path_factory):
+    from testbed.sshexec import generate_client_key
+
+    return generate_client_key(tmp_path_factory.mktemp("client-key"))

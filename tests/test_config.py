@@ -1,0 +1,162 @@
+"""Stack configuration is validated in one place, with errors that name the key and the fix."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.config import (
+    DEFAULT_IMAGE,
+    KNOWN_KEYS,
+    ConfigError,
+    parse_settings,
+)
+from harness import GUIDE_CONFIG, PROJECT_DIR, ProgramFailed, evaluate
+
+REQUIRED = {"hostname": "registry.cube.local", "loadBalancerIp": "192.168.0.202"}
+
+
+def raw(**values):
+    """Config as Pulumi hands it over: strings, with objects and lists as JSON."""
+    merged = {**REQUIRED, **values}
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in merged.items() if v is not None}
+
+
+def problems_for(**values) -> str:
+    with pytest.raises(ConfigError) as error:
+        parse_settings(raw(**values))
+    return str(error.value)
+
+
+def test_defaults_match_the_documented_table():
+    settings = parse_settings(raw())
+    registry = settings.registry
+    assert (registry.port, registry.namespace, registry.storage_class, registry.storage_size) == (
+        5000,
+        "docker-registry",
+        None,
+        "15Gi",
+    )
+    assert registry.node_selector == ()
+    assert registry.image == DEFAULT_IMAGE and DEFAULT_IMAGE.startswith("registry:2.8.")
+    assert registry.certificate.validity_days == 3650
+    assert registry.certificate.key_algorithm == "RSA"
+    assert settings.node_access.nodes == () and settings.node_access.restart_k3s is True
+
+
+def test_the_guides_cluster_is_read_from_the_dev_stack_file():
+    stack = yaml.safe_load((PROJECT_DIR / "Pulumi.dev.yaml").read_text())["config"]
+    values = {key.split(":", 1)[1]: value for key, value in stack.items()}
+    settings = parse_settings({k: v if isinstance(v, str) else json.dumps(v) for k, v in values.items()})
+    registry = settings.registry
+    assert registry.address == "registry.cube.local:5000"
+    assert registry.load_balancer_ip == "192.168.0.202"
+    assert registry.storage_class == "longhorn" and registry.storage_size == "15Gi"
+    assert dict(registry.node_selector) == {"node-type": "worker"}
+    assert registry.certificate.dns_names == ("registry.cube.local", "*.cube.local")
+    assert registry.certificate.ip_addresses == ("192.168.0.202",)
+
+
+def test_the_dev_stack_file_holds_no_secret():
+    text = (PROJECT_DIR / "Pulumi.dev.yaml").read_text()
+    assert "PRIVATE KEY" not in text and "sshPrivateKey" not in yaml.safe_load(text)["config"]
+
+
+def test_the_certificate_always_covers_the_served_address():
+    settings = parse_settings(raw(certIpAddresses=["10.0.0.1"], certDnsNames=["registry", "*.cube.local"]))
+    certificate = settings.registry.certificate
+    assert certificate.common_name == "registry.cube.local"
+    assert certificate.dns_names[0] == "registry.cube.local"
+    assert certificate.ip_addresses == ("192.168.0.202", "10.0.0.1")
+
+
+def test_duplicate_alternative_names_are_listed_once():
+    settings = parse_settings(raw(certIpAddresses=["192.168.0.202"], certDnsNames=["registry.cube.local"]))
+    assert settings.registry.certificate.ip_addresses == ("192.168.0.202",)
+    assert settings.registry.certificate.dns_names == ("registry.cube.local",)
+
+
+def test_ecdsa_and_lower_case_algorithm_names_are_accepted():
+    assert parse_settings(raw(keyAlgorithm="ecdsa")).registry.certificate.key_algorithm == "ECDSA"
+
+
+@pytest.mark.parametrize(
+    "values, key, fragment",
+    [
+        ({"hostname": None}, "hostname", "is required"),
+        ({"loadBalancerIp": None}, "loadBalancerIp", "is required"),
+        ({"hostname": "registry..cube.local"}, "hostname", "not a valid DNS name"),
+        ({"hostname": "-registry.cube.local"}, "hostname", "not a valid DNS name"),
+        ({"hostname": "reg_istry.cube.local"}, "hostname", "not a valid DNS name"),
+        ({"hostname": "192.168.0.202"}, "hostname", "looks like an IP address"),
+        ({"loadBalancerIp": "192.168.0.300"}, "loadBalancerIp", "not an IP address"),
+        ({"loadBalancerIp": "registry.cube.local"}, "loadBalancerIp", "not an IP address"),
+        ({"port": "0"}, "port", "out of range"),
+        ({"port": "65536"}, "port", "out of range"),
+        ({"port": "http"}, "port", "whole number"),
+        ({"port": "50.5"}, "port", "whole number"),
+        ({"storageSize": "15GB"}, "storageSize", "Kubernetes quantity"),
+        ({"storageSize": "0Gi"}, "storageSize", "Kubernetes quantity"),
+        ({"storageSize": "lots"}, "storageSize", "Kubernetes quantity"),
+        ({"keyAlgorithm": "DSA"}, "keyAlgorithm", "use RSA"),
+        ({"certValidityDays": "0"}, "certValidityDays", "out of range"),
+        ({"certValidityDays": "ten"}, "certValidityDays", "whole number"),
+        ({"certDnsNames": "*.cube.local"}, "certDnsNames", "not valid JSON"),
+        ({"certDnsNames": {"a": 1}}, "certDnsNames", "must be a list"),
+        ({"certDnsNames": ["cube.*.local"]}, "certDnsNames", "not a valid DNS name"),
+        ({"certIpAddresses": ["192.168.0.1/24"]}, "certIpAddresses", "not an IP address"),
+        ({"namespace": "Docker_Registry"}, "namespace", "not a valid namespace"),
+        ({"storageClass": "Longhorn"}, "storageClass", "lower case"),
+        ({"nodeSelector": ["node-type=worker"]}, "nodeSelector", "object of label"),
+        ({"nodeSelector": {"node type": "worker"}}, "nodeSelector", "not a valid label key"),
+        ({"nodeSelector": {"node-type": "a worker"}}, "nodeSelector", "label values"),
+        ({"image": "registry 2"}, "image", "not an image reference"),
+        ({"hostnme": "typo.cube.local"}, "hostnme", "not a setting of this program"),
+    ],
+)
+def test_a_bad_value_is_reported_with_its_key_and_the_fix(values, key, fragment):
+    message = problems_for(**values)
+    assert f"k3s-registry:{key}:" in message
+    assert fragment in message
+
+
+def test_every_problem_is_reported_at_once():
+    message = problems_for(port="99999", storageSize="big", keyAlgorithm="DSA")
+    for key in ("port", "storageSize", "keyAlgorithm"):
+        assert f"k3s-registry:{key}:" in message
+
+
+def test_a_bad_config_fails_the_program_before_any_resource_is_declared():
+    with pytest.raises(ProgramFailed) as error:
+        evaluate({**GUIDE_CONFIG, "port": "70000"})
+    assert "k3s-registry:port: 70000 is out of range" in str(error.value)
+    assert error.value.declared == []
+
+
+def test_project_file_declares_every_scalar_and_list_key_with_its_default():
+    declared = yaml.safe_load((PROJECT_DIR / "Pulumi.yaml").read_text())["config"]
+    settings = parse_settings(raw())
+    defaults = {
+        "port": settings.registry.port,
+        "namespace": settings.registry.namespace,
+        "storageSize": settings.registry.storage_size,
+        "certDnsNames": [],
+        "certIpAddresses": [],
+        "certValidityDays": settings.registry.certificate.validity_days,
+        "keyAlgorithm": settings.registry.certificate.key_algorithm,
+        "image": settings.registry.image,
+        "restartK3s": settings.node_access.restart_k3s,
+    }
+    # The project file's config block has only string, integer, boolean and array types.
+    objects = {"nodeSelector", "nodes"}
+    assert set(declared) == set(KNOWN_KEYS) - objects
+    for key, entry in declared.items():
+        assert entry["type"] in ("string", "integer", "boolean", "array") and entry["description"]
+        if entry["type"] == "array":
+            assert entry["items"] == {"type": "string"}
+        if key in defaults:
+            assert entry["default"] == defaults[key], key
+        else:
+            assert "default" not in entry, key
+    assert declared["sshPrivateKey"]["secret"] is True

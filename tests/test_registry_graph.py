@@ -1,0 +1,232 @@
+"""The cluster side as declared: every input that matters, and how the objects are wired."""
+
+import hashlib
+import ipaddress
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from harness import GUIDE_CONFIG, evaluate
+
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+SERVICE = "kubernetes:core/v1:Service"
+SECRET = "kubernetes:core/v1:Secret"
+CLAIM = "kubernetes:core/v1:PersistentVolumeClaim"
+NAMESPACE = "kubernetes:core/v1:Namespace"
+KEY = "tls:index/privateKey:PrivateKey"
+CERT = "tls:index/selfSignedCert:SelfSignedCert"
+
+
+@pytest.fixture(scope="module")
+def guide():
+    return evaluate(GUIDE_CONFIG)
+
+
+def pod_spec(evaluation):
+    return evaluation.one(DEPLOYMENT).inputs["spec"]["template"]["spec"]
+
+
+def container(evaluation):
+    (only,) = pod_spec(evaluation)["containers"]
+    return only
+
+
+def test_every_object_is_a_child_of_the_registry_component(guide):
+    component = guide.one("k3s-registry:index:Registry")
+    cluster_side = [r for r in guide.resources if r.type.startswith(("kubernetes:", "tls:"))]
+    assert {r.type for r in cluster_side} == {DEPLOYMENT, SERVICE, SECRET, CLAIM, NAMESPACE, KEY, CERT}
+    for resource in cluster_side:
+        assert resource.parent == component.urn, resource.name
+        assert resource.name.startswith(f"{component.name}-"), resource.name
+
+
+def test_everything_lives_in_the_configured_namespace(guide):
+    assert guide.one(NAMESPACE).inputs["metadata"]["name"] == "docker-registry"
+    for type_token in (DEPLOYMENT, SERVICE, SECRET, CLAIM):
+        assert guide.one(type_token).inputs["metadata"]["namespace"] == "docker-registry", type_token
+
+
+def test_key_is_rsa_4096_by_default_and_ecdsa_p256_on_request(guide):
+    assert guide.one(KEY).inputs == {"algorithm": "RSA", "rsaBits": 4096}
+    ecdsa = evaluate({**GUIDE_CONFIG, "keyAlgorithm": "ECDSA"})
+    assert ecdsa.one(KEY).inputs == {"algorithm": "ECDSA", "ecdsaCurve": "P256"}
+    pem = ecdsa.one(CERT).outputs["certPem"]
+    assert isinstance(x509.load_pem_x509_certificate(pem.encode()).public_key(), ec.EllipticCurvePublicKey)
+
+
+def test_certificate_names_the_hostname_and_the_served_ip(guide):
+    inputs = guide.one(CERT).inputs
+    assert inputs["subject"] == {"commonName": "registry.cube.local"}
+    assert inputs["dnsNames"] == ["registry.cube.local", "*.cube.local"]
+    assert inputs["ipAddresses"] == ["192.168.0.202"]
+    assert inputs["validityPeriodHours"] == 3650 * 24
+    assert "server_auth" in inputs["allowedUses"]
+    assert inputs["privateKeyPem"] == guide.one(KEY).outputs["privateKeyPem"]
+
+
+def test_issued_certificate_matches_the_service_address(guide):
+    certificate = x509.load_pem_x509_certificate(guide.one(CERT).outputs["certPem"].encode())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    service_ip = guide.one(SERVICE).inputs["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"]
+    assert ipaddress.ip_address(service_ip) in names.get_values_for_type(x509.IPAddress)
+    assert certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "registry.cube.local"
+    usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in usages
+    assert isinstance(certificate.public_key(), rsa.RSAPublicKey) and certificate.public_key().key_size == 4096
+
+
+def test_validity_follows_config():
+    evaluation = evaluate({**GUIDE_CONFIG, "certValidityDays": "90"})
+    assert evaluation.one(CERT).inputs["validityPeriodHours"] == 90 * 24
+
+
+def test_secret_is_a_tls_secret_of_the_declared_certificate_and_key(guide):
+    secret = guide.one(SECRET)
+    assert secret.inputs["type"] == "kubernetes.io/tls"
+    assert secret.inputs["stringData"] == {
+        "tls.crt": guide.one(CERT).outputs["certPem"],
+        "tls.key": guide.one(KEY).outputs["privateKeyPem"],
+    }
+
+
+def test_the_private_key_reaches_the_secret_only_as_a_secret(guide):
+    from harness import is_secret_marker
+
+    string_data = guide.one(SECRET).wire_inputs["stringData"]
+    assert is_secret_marker(string_data) or is_secret_marker(string_data.get("tls.key"))
+
+
+def test_claim_is_read_write_once_with_configured_class_and_size(guide):
+    spec = guide.one(CLAIM).inputs["spec"]
+    assert spec["accessModes"] == ["ReadWriteOnce"]
+    assert spec["storageClassName"] == "longhorn"
+    assert spec["resources"] == {"requests": {"storage": "15Gi"}}
+
+
+def test_claim_without_storage_class_uses_the_cluster_default():
+    evaluation = evaluate({k: v for k, v in GUIDE_CONFIG.items() if k != "storageClass"})
+    assert "storageClassName" not in evaluation.one(CLAIM).inputs["spec"]
+
+
+def test_deployment_is_one_replica_recreated_on_change(guide):
+    spec = guide.one(DEPLOYMENT).inputs["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    assert pod_spec(guide)["nodeSelector"] == {"node-type": "worker"}
+
+
+def test_no_node_selector_unless_configured():
+    evaluation = evaluate({k: v for k, v in GUIDE_CONFIG.items() if k != "nodeSelector"})
+    assert "nodeSelector" not in pod_spec(evaluation)
+
+
+def test_volumes_are_the_secret_and_claim_actually_declared(guide):
+    volumes = {volume["name"]: volume for volume in pod_spec(guide)["volumes"]}
+    assert volumes["certs"]["secret"]["secretName"] == guide.one(SECRET).outputs["metadata"]["name"]
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == guide.one(CLAIM).outputs["metadata"]["name"]
+    mounts = {mount["name"]: mount for mount in container(guide)["volumeMounts"]}
+    assert mounts["certs"]["readOnly"] is True
+    assert mounts["data"]["mountPath"] == "/var/lib/registry"
+    assert set(mounts) <= set(volumes)
+
+
+def test_registry_reads_certificate_and_key_from_the_mounted_secret(guide):
+    env = {item["name"]: item["value"] for item in container(guide)["env"]}
+    certs_path = next(m["mountPath"] for m in container(guide)["volumeMounts"] if m["name"] == "certs")
+    assert env["REGISTRY_HTTP_TLS_CERTIFICATE"] == f"{certs_path}/tls.crt"
+    assert env["REGISTRY_HTTP_TLS_KEY"] == f"{certs_path}/tls.key"
+    assert env["REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"] == "/var/lib/registry"
+
+
+def test_probes_use_https_on_the_registry_port(guide):
+    port_names = {port["name"] for port in container(guide)["ports"]}
+    for probe in ("readinessProbe", "livenessProbe"):
+        http_get = container(guide)[probe]["httpGet"]
+        assert http_get["scheme"] == "HTTPS" and http_get["port"] in port_names and http_get["path"] == "/"
+
+
+def test_resources_have_requests_and_limits(guide):
+    resources = container(guide)["resources"]
+    assert set(resources["requests"]) == {"cpu", "memory"} and set(resources["limits"]) == {"cpu", "memory"}
+
+
+def test_pod_runs_restricted(guide):
+    pod_security = pod_spec(guide)["securityContext"]
+    assert pod_security["runAsNonRoot"] is True and pod_security["runAsUser"] != 0
+    assert pod_security["seccompProfile"] == {"type": "RuntimeDefault"}
+    security = container(guide)["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["runAsNonRoot"] is True
+    assert pod_spec(guide)["automountServiceAccountToken"] is False
+
+
+def test_pod_template_carries_the_certificate_hash_so_a_new_certificate_rolls_the_pod(guide):
+    annotations = guide.one(DEPLOYMENT).inputs["spec"]["template"]["metadata"]["annotations"]
+    pem = guide.one(CERT).outputs["certPem"]
+    assert annotations["k3s-registry.dev/certificate-sha256"] == hashlib.sha256(pem.encode()).hexdigest()
+
+
+def test_image_is_the_pinned_default_or_the_configured_one(guide):
+    assert container(guide)["image"] == "registry:2.8.3"
+    other = evaluate({**GUIDE_CONFIG, "image": "mirror.cube.local:5000/registry:2.8.2"})
+    assert container(other)["image"] == "mirror.cube.local:5000/registry:2.8.2"
+
+
+def test_service_selects_the_pods_and_asks_metallb_for_the_ip(guide):
+    service = guide.one(SERVICE).inputs
+    template_labels = guide.one(DEPLOYMENT).inputs["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"] == template_labels
+    assert guide.one(DEPLOYMENT).inputs["spec"]["selector"]["matchLabels"] == template_labels
+    assert service["spec"]["type"] == "LoadBalancer"
+    assert service["metadata"]["annotations"] == {"metallb.universe.tf/loadBalancerIPs": "192.168.0.202"}
+    assert "loadBalancerIP" not in service["spec"]
+
+
+def test_service_port_is_configured_and_targets_the_container_port(guide):
+    other = evaluate({**GUIDE_CONFIG, "port": "443"})
+    (port,) = other.one(SERVICE).inputs["spec"]["ports"]
+    (container_port,) = container(other)["ports"]
+    assert port["port"] == 443
+    assert port["targetPort"] == container_port["name"] and container_port["containerPort"] == 5000
+    assert other.outputs["registryAddress"] == "registry.cube.local:443"
+
+
+def test_stack_outputs_give_address_ca_namespace_and_ip_but_never_the_key(guide):
+    assert guide.outputs["registryAddress"] == "registry.cube.local:5000"
+    assert guide.outputs["caCertificatePem"] == guide.one(CERT).outputs["certPem"]
+    assert guide.outputs["namespace"] == "docker-registry"
+    assert guide.outputs["loadBalancerIp"] == "192.168.0.202"
+    assert not any("PRIVATE KEY" in str(value) for value in guide.outputs.values())
+
+
+def test_two_instances_of_the_component_do_not_collide():
+    import pulumi
+
+    from components.config import parse_settings
+    from harness import run_function
+
+    settings = parse_settings({"hostname": "registry.cube.local", "loadBalancerIp": "192.168.0.202"})
+
+    def program():
+        from components.registry import Registry
+
+        Registry("blue", settings.registry)
+        Registry("green", settings.registry, pulumi.ResourceOptions())
+
+    evaluation = run_function(program)
+    declared = [r for r in evaluation.resources if r.type != "pulumi:pulumi:Stack"]
+    names = [r.name for r in declared]
+    assert len(names) == len(set(names))
+    assert {name.split("-")[0] for name in names} == {"blue", "green"}
+
+
+def test_same_config_declares_identical_inputs_twice():
+    config = {**GUIDE_CONFIG, "nodes": [{"name": "cube01", "host": "127.0.0.11", "role": "agent"}]}
+    first, second = evaluate(config), evaluate(config)
+    assert {r.urn: r.inputs for r in first.resources} == {r.urn: r.inputs for r in second.resources}
+    assert len(first.resources) == len(second.resources)
+    assert first.outputs == second.outputs

@@ -1,0 +1,129 @@
+"""The real registry (distribution 2.8), started with exactly what the program declares.
+
+The certificate and key are the ones the TLS resources produce under the mocks, the Secret
+carries them, and the Deployment says where they are mounted and how the registry is told.
+"""
+
+import json
+import socket
+import ssl
+
+import pytest
+
+from harness import evaluate
+from pod import registry_pod_settings, start_registry_pod
+from testbed.oci import build_oci_layout, manifest_digest, skopeo_copy
+from testbed.sshnodes import start_node
+
+HOSTNAME = "registry.cube.test"
+REGISTRY_IP = "127.0.0.202"
+CONFIG = {"hostname": HOSTNAME, "loadBalancerIp": REGISTRY_IP, "certDnsNames": ["*.cube.test"]}
+
+
+@pytest.fixture(scope="module")
+def declared():
+    return evaluate(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def ca_pem(declared):
+    return declared.outputs["caCertificatePem"]
+
+
+@pytest.fixture(scope="module")
+def registry(declared, tmp_path_factory):
+    running = start_registry_pod(declared, tmp_path_factory.mktemp("registry-pod"), REGISTRY_IP)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def client(registry, client_key, tmp_path_factory):
+    """A machine whose /etc/hosts maps the registry name to the test IP, like a user's laptop."""
+    node = start_node(
+        "laptop", "127.0.0.31", tmp_path_factory.mktemp("laptop"),
+        hosts_content=f"127.0.0.1 localhost laptop\n{REGISTRY_IP} {HOSTNAME}\n".encode(),
+        authorized_pubkey=client_key.public_key_line,
+    )
+    yield node
+    node.stop()
+
+
+def https_get(
+    path: str, context: ssl.SSLContext, server_hostname: str = HOSTNAME, accept: str = "*/*"
+) -> tuple[int, bytes]:
+    """GET over TLS to the registry's IP, verifying the certificate for ``server_hostname``."""
+    request = f"GET {path} HTTP/1.1\r\nHost: {server_hostname}:5000\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    with socket.create_connection((REGISTRY_IP, 5000), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname=server_hostname) as tls:
+            tls.sendall(request.encode())
+            response = b""
+            while chunk := tls.recv(65536):
+                response += chunk
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def trusting(ca_pem: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(cadata=ca_pem)
+    return context
+
+
+def test_the_registry_runs_as_declared(registry, declared):
+    settings = registry_pod_settings(declared)
+    assert settings["read_only_root"] is True and settings["run_as_uid"] == 1000
+    assert registry.run_inside(["touch", "/probe"]).returncode != 0, "the root filesystem must be read-only"
+
+
+def test_a_client_trusting_only_the_certificate_connects_by_hostname(registry, ca_pem):
+    status, _ = https_get("/v2/", trusting(ca_pem))
+    assert status == 200
+
+
+def test_the_probe_path_answers(registry, ca_pem):
+    status, _ = https_get("/", trusting(ca_pem))
+    assert status == 200
+
+
+def test_every_declared_name_verifies(registry, ca_pem):
+    for name in (HOSTNAME, "other.cube.test", REGISTRY_IP):
+        assert https_get("/v2/", trusting(ca_pem), server_hostname=name)[0] == 200, name
+
+
+def test_a_name_outside_the_certificate_is_refused(registry, ca_pem):
+    with pytest.raises(ssl.SSLCertVerificationError, match="match"):
+        https_get("/v2/", trusting(ca_pem), server_hostname="registry.elsewhere.test")
+
+
+def test_a_client_that_does_not_trust_the_certificate_is_refused(registry):
+    with pytest.raises(ssl.SSLCertVerificationError, match="self.signed|unable to get local issuer"):
+        https_get("/v2/", ssl.create_default_context())
+
+
+def test_skopeo_pushes_an_image_and_the_catalog_lists_it(registry, ca_pem, client, tmp_path):
+    layout = build_oci_layout(tmp_path / "image", "1.0", b"hello from the cube\n")
+    cert_dir = tmp_path / "certs.d"
+    cert_dir.mkdir()
+    (cert_dir / "ca.crt").write_text(ca_pem)
+    pushed = skopeo_copy(
+        f"oci:{layout}:1.0", f"docker://{HOSTNAME}:5000/demo/hello:1.0",
+        extra_args=["--dest-cert-dir", str(cert_dir)], run=client.run_local,
+    )
+    assert pushed.returncode == 0, pushed.stderr.decode() + registry.log()
+    status, body = https_get("/v2/_catalog", trusting(ca_pem))
+    assert status == 200 and json.loads(body)["repositories"] == ["demo/hello"]
+    status, _ = https_get(
+        f"/v2/demo/hello/manifests/{manifest_digest(layout, '1.0')}",
+        trusting(ca_pem),
+        accept="application/vnd.oci.image.manifest.v1+json",
+    )
+    assert status == 200
+    assert any(registry.volume_path("/var/lib/registry").rglob("data")), "images must land on the volume"
+
+
+def test_skopeo_without_the_certificate_is_refused(registry, client, tmp_path):
+    layout = build_oci_layout(tmp_path / "image", "1.0", b"untrusted\n")
+    pushed = skopeo_copy(f"oci:{layout}:1.0", f"docker://{HOSTNAME}:5000/demo/untrusted:1.0", run=client.run_local)
+    assert pushed.returncode != 0
+    assert b"certificate signed by unknown authority" in pushed.stderr

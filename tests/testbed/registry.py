@@ -1,0 +1,301 @@
+"""The real registry (Debian's CNCF distribution 2.8) started like its pod.
+
+Why a tiny container instead of just running the binary: the Deployment the
+program generates names paths *inside the container* (``/certs/tls.crt``,
+``/var/lib/registry``), a user (``runAsUser``/``runAsGroup``/``fsGroup``)
+and ``readOnlyRootFilesystem``.  To prove those settings work we give the
+registry its own root, built under ``workdir``:
+
+* a tmpfs root with ``/usr`` and ``/etc`` bound read-only from the machine
+  and the merged-usr symlinks ``/bin /lib /lib64 /sbin``;
+* ``/etc/docker/registry/config.yml`` = the default config of the official
+  ``registry:2`` image (NOT the Debian package's, which turns htpasswd on);
+* the pod's volumes at their mount paths: Secret-like file sets mounted
+  read-only (mode 0440, group = fsGroup, with Kubernetes' ``..data``
+  symlinks) and ``"pvc"`` / ``"emptydir"`` writable directories;
+* ``/dev``, ``/proc`` and (optionally) a writable tmpfs ``/tmp``;
+* the root remounted read-only when ``read_only_root`` is true.
+
+Then ``chroot`` + ``setpriv`` run ``/usr/bin/docker-registry serve
+/etc/docker/registry/config.yml`` with exactly the pod's env plus the image's
+PATH and ``REGISTRY_HTTP_ADDR=<listen_ip>:<port>`` (forced, so it can only
+listen on loopback).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ._proc import mount_ns_id, require_free_port, stop_namespace, wait_for_tcp
+
+# The official image's /etc/docker/registry/config.yml (distribution-library-image 2.8).
+REGISTRY_IMAGE_DEFAULT_CONFIG = """\
+version: 0.1
+log:
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+"""
+
+# ENV of the registry:2 image (Alpine base); a pod inherits it.
+IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+CONFIG_PATH = "/etc/docker/registry/config.yml"
+SECRET_MODE = 0o440  # what the program is expected to set as defaultMode
+
+Volume = Mapping[str, bytes] | Literal["pvc", "emptydir"]
+
+
+@dataclass
+class RunningRegistry:
+    """A started registry; stop it with :meth:`stop`."""
+
+    listen_ip: str
+    port: int
+    scheme: str
+    workdir: Path
+    rootfs: Path
+    volume_dirs: dict[str, Path]
+    run_as_uid: int | None
+    run_as_gid: int | None
+    proc: subprocess.Popen[bytes] = field(repr=False)
+    _ns_id: str | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """Base URL by IP, e.g. ``https://127.0.0.202:5000``."""
+        return f"{self.scheme}://{self.listen_ip}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        """PID of the registry process (also the namespace owner)."""
+        return self.proc.pid
+
+    def log(self) -> str:
+        """Everything the registry wrote to stdout/stderr so far."""
+        try:
+            return (self.workdir / "registry.log").read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def volume_path(self, mount_path: str) -> Path:
+        """Host directory backing the volume mounted at ``mount_path``."""
+        return self.volume_dirs[mount_path]
+
+    def run_inside(self, argv: list[str], *, as_root: bool = False) -> subprocess.CompletedProcess[bytes]:
+        """Run ``argv`` in the container's root, as the registry's user by default.
+
+        Why: lets a test show e.g. that the root really is read-only.
+        """
+        cmd = ["nsenter", f"--target={self.pid}", "--mount", "--root", "--wd", "--"]
+        if not as_root:
+            cmd += _setpriv(self.run_as_uid, self.run_as_gid, None)
+        return subprocess.run(cmd + argv, check=False, capture_output=True, timeout=60)
+
+    def stop(self) -> None:
+        """Stop the registry; its mounts vanish with the namespace."""
+        stop_namespace(self.proc, self._ns_id)
+
+
+def start_registry(
+    workdir: Path,
+    *,
+    listen_ip: str,
+    port: int,
+    env: Mapping[str, str],
+    volumes: Mapping[str, Volume],
+    run_as_uid: int | None = None,
+    run_as_gid: int | None = None,
+    fs_group: int | None = None,
+    read_only_root: bool = False,
+    writable_tmp: bool = True,
+    timeout: float = 10.0,
+) -> RunningRegistry:
+    """Start the registry as its pod would run, wait for its port, return it.
+
+    ``fs_group`` defaults to ``run_as_gid``: volumes get that group and the
+    process gets it as a supplementary group, as Kubernetes does.  With
+    ``writable_tmp=False`` there is no /tmp at all beyond the read-only root
+    (that is what ``readOnlyRootFilesystem`` gives without an emptyDir).
+    A "pvc" directory is kept under ``workdir`` and reused when the same
+    workdir is started again (like a PersistentVolume across pod restarts).
+    """
+    if not listen_ip.startswith("127."):
+        raise ValueError(f"the registry must listen on loopback, not {listen_ip}")
+    require_free_port(listen_ip, port)
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    group = fs_group if fs_group is not None else run_as_gid
+    rootfs = _fresh_dir(workdir / "rootfs", 0o755)
+    (workdir / "config.yml").write_text(REGISTRY_IMAGE_DEFAULT_CONFIG)
+    volume_dirs = {path: _prepare_volume(workdir, path, spec, run_as_uid, group) for path, spec in volumes.items()}
+    read_only = {path for path, spec in volumes.items() if not isinstance(spec, str)}
+    script = _setup_script(rootfs, workdir / "config.yml", volume_dirs, read_only, read_only_root, writable_tmp)
+    script += "exec chroot {} {} {} serve {}\n".format(
+        shlex.quote(str(rootfs)),
+        " ".join(shlex.quote(a) for a in _setpriv(run_as_uid, run_as_gid, group)),
+        REGISTRY_BINARY,
+        CONFIG_PATH,
+    )
+    (workdir / "setup.sh").write_text(script)
+    proc = _spawn(workdir, _container_env(env, listen_ip, port))
+    reg = RunningRegistry(
+        listen_ip=listen_ip,
+        port=port,
+        scheme="https" if env.get("REGISTRY_HTTP_TLS_CERTIFICATE") else "http",
+        workdir=workdir,
+        rootfs=rootfs,
+        volume_dirs=volume_dirs,
+        run_as_uid=run_as_uid,
+        run_as_gid=run_as_gid,
+        proc=proc,
+    )
+    try:
+        wait_for_tcp(listen_ip, port, alive=lambda: proc.poll() is None, describe=reg.log, timeout=timeout)
+        reg._ns_id = mount_ns_id(proc.pid)
+    except BaseException:
+        reg.stop()
+        raise
+    return reg
+
+
+def _container_env(pod_env: Mapping[str, str], listen_ip: str, port: int) -> dict[str, str]:
+    """Image ENV + the pod's env verbatim + the forced loopback listen address."""
+    env = {"PATH": IMAGE_PATH, "HOSTNAME": "registry", "HOME": "/root"}
+    env.update(pod_env)
+    env["REGISTRY_HTTP_ADDR"] = f"{listen_ip}:{port}"
+    return env
+
+
+def _spawn(workdir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``unshare`` running the setup script, output to registry.log."""
+    with open(workdir / "registry.log", "wb") as log:
+        return subprocess.Popen(
+            ["/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", str(workdir / "setup.sh")],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def _setpriv(uid: int | None, gid: int | None, groups: int | None) -> list[str]:
+    """setpriv prefix dropping to the pod's user; empty when it runs as root."""
+    if uid is None and gid is None:
+        return []
+    cmd = ["/usr/bin/setpriv", f"--reuid={uid or 0}", f"--regid={gid or 0}"]
+    cmd += [f"--groups={groups}"] if groups is not None else ["--clear-groups"]
+    return cmd
+
+
+def _prepare_volume(workdir: Path, mount_path: str, spec: Volume, uid: int | None, gid: int | None) -> Path:
+    """Create the host directory that will be mounted at ``mount_path``."""
+    if not mount_path.startswith("/") or ".." in mount_path.split("/"):
+        raise ValueError(f"bad mount path {mount_path!r}")
+    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", mount_path.strip("/")) or "_root"
+    if spec in ("pvc", "emptydir"):
+        base = workdir / ("pvc" if spec == "pvc" else "emptydir")
+        path = base / slug
+        if spec == "emptydir" and path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True, exist_ok=True)
+        os.chown(path, uid or 0, gid if gid is not None else 0)
+        path.chmod(0o2775 if gid is not None else 0o755)
+        return path
+    if isinstance(spec, str):
+        raise ValueError(f"unknown volume kind {spec!r} for {mount_path}")  # noqa: TRY004 - bad value
+    return _secret_dir(_fresh_dir(workdir / "secrets" / slug, 0o755), spec, gid)
+
+
+def _secret_dir(path: Path, files: Mapping[str, bytes], gid: int | None) -> Path:
+    """Lay out files the way the kubelet does for a Secret volume.
+
+    Real files live in a timestamped dir, ``..data`` points at it, and each
+    key is a symlink through ``..data``; programs that check regular-file
+    types or rely on rename tricks meet the same layout as in the cluster.
+    """
+    stamp = path / "..2025_01_01_00_00_00.000000000"
+    stamp.mkdir(mode=0o755)
+    for name, data in files.items():
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"unsupported secret key {name!r}")
+        target = stamp / name
+        target.write_bytes(data)
+        os.chown(target, 0, gid if gid is not None else 0)
+        target.chmod(SECRET_MODE)
+        (path / name).symlink_to(f"..data/{name}")
+    (path / "..data").symlink_to(stamp.name)
+    return path
+
+
+def _setup_script(
+    rootfs: Path,
+    config: Path,
+    volume_dirs: Mapping[str, Path],
+    read_only: set[str],
+    read_only_root: bool,
+    writable_tmp: bool,
+) -> str:
+    """Shell that builds the container root inside the new mount namespace."""
+    r = shlex.quote(str(rootfs))
+    lines = [
+        "set -eu",
+        f"mount -t tmpfs -o mode=755 tmpfs {r}",
+        f"cd {r}",
+        "mkdir usr etc dev proc tmp var var/lib root",
+        "chmod 1777 tmp",
+        "ln -s usr/bin bin && ln -s usr/lib lib && ln -s usr/lib64 lib64 && ln -s usr/sbin sbin",
+        *_bind(Path("/usr"), f"{r}/usr", read_only=True),
+        *_bind(Path("/etc"), f"{r}/etc", read_only=True),
+        *_bind(config, f"{r}{CONFIG_PATH}", read_only=True),
+        f"mount --rbind /dev {r}/dev",
+        f"mount -t proc proc {r}/proc",
+    ]
+    if writable_tmp:
+        lines.append(f"mount -t tmpfs -o mode=1777 tmpfs {r}/tmp")
+    for mount_path, host_dir in volume_dirs.items():
+        target = f"{r}{shlex.quote(mount_path)}"
+        lines.append(f"[ -d {target} ] || mkdir -p {target}")
+        lines += _bind(host_dir, target, read_only=mount_path in read_only)
+    if read_only_root:
+        lines.append(f"mount -o remount,ro {r}")
+    return "\n".join(lines) + "\n"
+
+
+def _bind(src: Path, target: str, *, read_only: bool) -> list[str]:
+    """Commands for a (read-only) bind mount of ``src`` onto ``target``."""
+    lines = [f"mount --bind {shlex.quote(str(src))} {target}"]
+    if read_only:
+        lines.append(f"mount -o remount,bind,ro {target}")
+    return lines
+
+
+def _fresh_dir(path: Path, mode: int) -> Path:
+    """(Re)create an empty directory with ``mode``."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    path.chmod(mode)
+    return path
