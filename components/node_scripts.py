@@ -116,7 +116,18 @@ case " $os_id $os_like " in
     bundle=/etc/ssl/certs/ca-certificates.crt
     command -v update-ca-certificates >/dev/null 2>&1 \\
       || fail "$os_name has no update-ca-certificates; install the ca-certificates package"
-    refresh_trust() {{ update-ca-certificates; }}
+    # --fresh: a plain run keeps the links (and Java's keystore entry) of a removed or
+    # rewritten local certificate; a fresh rebuild derives everything from the files again.
+    refresh_trust() {{ update-ca-certificates --fresh; }}
+    # update-ca-certificates tells its hooks (Java's keystore) only about removals it
+    # detects itself, and a deleted local file is not one: tell them, as it would.
+    announce_removal() {{
+      for hook in /etc/ca-certificates/update.d/*; do
+        if [ -x "$hook" ]; then
+          printf -- '-/etc/ssl/certs/%s.pem\n' "${{1%.crt}}" | "$hook" || echo "hook $hook failed" >&2
+        fi
+      done
+    }}
     ;;
   *" rhel "*|*" fedora "*|*" centos "*|*" rocky "*|*" almalinux "*)
     anchors={q(REDHAT_ANCHORS)}
@@ -125,6 +136,7 @@ case " $os_id $os_like " in
     command -v update-ca-trust >/dev/null 2>&1 \\
       || fail "$os_name has no update-ca-trust; install the ca-certificates package"
     refresh_trust() {{ update-ca-trust extract; }}
+    announce_removal() {{ :; }}
     ;;
   *)
     fail "cannot install the registry certificate on $os_name: supported are Debian, Ubuntu, Raspberry Pi OS, RHEL, Fedora, CentOS, Rocky and AlmaLinux"
@@ -168,6 +180,7 @@ anchor="$anchors/"{q(target.anchor_file_name)}
 if [ -e "$anchor" ]; then
   rm -f "$anchor"
   refresh_trust
+  announce_removal {q(target.anchor_file_name)}
   echo "trust store: certificate removed"
 else
   echo "trust store: nothing to remove"

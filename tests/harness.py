@@ -287,7 +287,13 @@ def _evaluate(program, config: dict[str, Any], secret_keys, clock, stack: str) -
             program()
             loop.run_until_complete(wait_for_rpcs())
         except Exception as error:
-            raise ProgramFailed(str(error), [r.type for r in monitor.requests]) from error
+            # Let the runtime finish what it had started, or the next evaluation waits on it.
+            try:
+                loop.run_until_complete(wait_for_rpcs())
+            except Exception:  # noqa: BLE001 the program's own error is the one to report
+                pass
+            declared = [r.type for r in monitor.requests if r.type != "pulumi:pulumi:Stack"]
+            raise ProgramFailed(str(error), declared) from error
         evaluation = Evaluation()
         for name, value in root.outputs.items():
             resolved, secret = loop.run_until_complete(_settle(value))

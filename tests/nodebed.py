@@ -1,0 +1,65 @@
+"""Runs the node steps the program declared, over real SSH, the way pulumi-command would.
+
+The command text, the user, the port and stdin all come from the captured Command resources;
+nothing of the scripts is retyped here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from harness import Evaluation, Resource
+from testbed.sshexec import ClientKey, ssh_run
+from testbed.sshnodes import TestNode
+
+COMMAND = "command:remote:Command"
+STEPS = ("trust", "hosts", "k3s")
+
+
+@dataclass
+class StepRun:
+    node: str
+    step: str
+    exit_status: int
+    stdout: str
+    stderr: str
+
+    def check(self) -> "StepRun":
+        assert self.exit_status == 0, f"{self.node}/{self.step} failed ({self.exit_status}):\n{self.stderr}\n{self.stdout}"
+        return self
+
+
+def node_steps(evaluation: Evaluation, node_name: str) -> dict[str, Resource]:
+    prefix = f"nodes-{node_name}-"
+    return {r.name[len(prefix):]: r for r in evaluation.of_type(COMMAND) if r.name.startswith(prefix)}
+
+
+def run_step(node: TestNode, step: Resource, phase: str, client_key: ClientKey) -> StepRun:
+    """``phase`` is create, update or delete: the text pulumi-command would run for it."""
+    inputs = step.inputs
+    command = inputs.get(phase) or inputs["create"]
+    connection = inputs["connection"]
+    assert connection["port"] == 22, "test nodes listen on 22"
+    status, stdout, stderr = ssh_run(
+        node, command, user=connection.get("user", "root"), pkey=client_key.pkey(), stdin=inputs.get("stdin", "")
+    )
+    return StepRun(node.name, step.name.rsplit("-", 1)[1], status, stdout.decode(), stderr.decode())
+
+
+def run_phase(
+    evaluation: Evaluation, nodes: Iterable[TestNode], phase: str, client_key: ClientKey
+) -> list[StepRun]:
+    """Runs every step of every node for one phase; destroy undoes the steps in reverse order."""
+    order = tuple(reversed(STEPS)) if phase == "delete" else STEPS
+    runs = []
+    for node in nodes:
+        steps = node_steps(evaluation, node.name)
+        runs += [run_step(node, steps[step], phase, client_key).check() for step in order]
+    return runs
+
+
+def file_times(node: TestNode, paths: Iterable[str]) -> dict[str, str]:
+    """Modification time of every file below ``paths``: proves that a no-op run rewrote nothing."""
+    listing = node.run_local(["find", *paths, "-printf", "%p %T@\\n"]).stdout.decode()
+    return dict(line.rsplit(" ", 1) for line in listing.splitlines() if line)

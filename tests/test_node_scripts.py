@@ -1,0 +1,173 @@
+"""The node scripts as text (POSIX sh, shellcheck-clean, nothing secret) and their edge cases."""
+
+import subprocess
+
+import pytest
+import yaml
+
+from components import node_scripts
+from components.node_scripts import NodeTarget, as_command
+from components.registries_edit import EditError, merge, unmerge
+from harness import GUIDE_CONFIG, evaluate
+from testbed.sshexec import ssh_run
+from testbed.sshnodes import start_node
+
+TARGET = NodeTarget(node_name="cube01", role="agent", instance_id="k3s-registry-dev")
+ADDRESS = "registry.cube.local:5000"
+
+
+@pytest.fixture(scope="module")
+def certificate_pem():
+    return evaluate(GUIDE_CONFIG).outputs["caCertificatePem"]
+
+
+@pytest.fixture(scope="module")
+def scripts(certificate_pem):
+    return {
+        "trust install": node_scripts.trust_install_script(TARGET, certificate_pem),
+        "trust remove": node_scripts.trust_remove_script(TARGET),
+        "hosts install": node_scripts.hosts_install_script(TARGET, "registry.cube.local", "192.168.0.202"),
+        "hosts remove": node_scripts.hosts_remove_script(TARGET),
+        "k3s install": node_scripts.registries_install_script(TARGET, ADDRESS, certificate_pem, restart=True),
+        "k3s install, no restart": node_scripts.registries_install_script(TARGET, ADDRESS, certificate_pem, False),
+        "k3s remove": node_scripts.registries_remove_script(TARGET, ADDRESS, restart=True),
+    }
+
+
+def test_every_script_is_shellcheck_clean_posix_sh(scripts):
+    for name, script in scripts.items():
+        result = subprocess.run(
+            ["shellcheck", "--shell=sh", "--severity=style", "-"], input=script.encode(), capture_output=True
+        )
+        assert result.returncode == 0, f"{name}:\n{result.stdout.decode()}"
+
+
+def test_shellcheck_would_catch_a_problem():
+    result = subprocess.run(["shellcheck", "--shell=sh", "-"], input=b"set -eu\necho $1 [[ x ]]\n", capture_output=True)
+    assert result.returncode != 0
+
+
+def test_every_script_stops_at_the_first_error(scripts):
+    for name, script in scripts.items():
+        assert script.startswith("set -eu\n"), name
+
+
+def test_scripts_carry_the_certificate_and_never_a_key(scripts, certificate_pem):
+    assert certificate_pem.strip() in scripts["trust install"]
+    assert certificate_pem.strip() in scripts["k3s install"]
+    for name, script in scripts.items():
+        assert "PRIVATE KEY" not in script, name
+
+
+def test_k3s_restart_is_left_to_the_user_when_turned_off(scripts):
+    assert "systemctl restart" in scripts["k3s install"]
+    assert "systemctl restart" not in scripts["k3s install, no restart"]
+    assert "restart k3s-agent yourself" in scripts["k3s install, no restart"]
+
+
+def test_sudo_is_used_only_for_non_root_users():
+    assert as_command("echo hi", "root") == "sh -c 'echo hi'"
+    assert as_command("echo hi", "ubuntu") == "sudo -n sh -c 'echo hi'"
+
+
+# ------------------------------------------------------------------ registries.yaml editing
+
+EXISTING = """mirrors:
+  docker.io:
+    endpoint: ["https://mirror.cube.local"]
+configs:
+  mirror.cube.local:
+    auth: {username: pull, password: s3cret}
+"""
+
+
+def test_merge_adds_mirror_and_ca_keyed_with_port_and_keeps_other_entries():
+    document = yaml.safe_load(merge(EXISTING, ADDRESS, "/etc/rancher/k3s/ca.crt"))
+    assert document["mirrors"]["docker.io"] == {"endpoint": ["https://mirror.cube.local"]}
+    assert document["configs"]["mirror.cube.local"]["auth"]["password"] == "s3cret"
+    assert document["mirrors"][ADDRESS] == {"endpoint": [f"https://{ADDRESS}"]}
+    assert document["configs"][ADDRESS] == {"tls": {"ca_file": "/etc/rancher/k3s/ca.crt"}}
+
+
+def test_merge_is_idempotent_and_unmerge_takes_out_only_ours():
+    once = merge(EXISTING, ADDRESS, "/ca.crt")
+    assert merge(once, ADDRESS, "/ca.crt") == once
+    assert yaml.safe_load(unmerge(once, ADDRESS)) == yaml.safe_load(EXISTING)
+
+
+def test_merge_moves_the_entry_when_the_address_changes():
+    moved = yaml.safe_load(merge(merge("", ADDRESS, "/ca.crt"), "registry.cube.local:5443", "/ca.crt", ADDRESS))
+    assert list(moved["mirrors"]) == ["registry.cube.local:5443"]
+    assert list(moved["configs"]) == ["registry.cube.local:5443"]
+
+
+def test_unmerge_of_our_only_entries_leaves_an_empty_file():
+    assert unmerge(merge("", ADDRESS, "/ca.crt"), ADDRESS) == ""
+
+
+def test_a_broken_file_is_reported_without_quoting_it():
+    with pytest.raises(EditError) as error:
+        merge("configs:\n  r:\n    auth: {password: hunter2\n", ADDRESS, "/ca.crt")
+    assert "not valid YAML at line" in str(error.value)
+    assert "hunter2" not in str(error.value)
+
+
+def test_a_file_that_is_not_a_mapping_is_refused():
+    with pytest.raises(EditError, match="mapping"):
+        merge("- just\n- a list\n", ADDRESS, "/ca.crt")
+
+
+# ------------------------------------------------------------------ on a real host
+
+@pytest.fixture(scope="module")
+def odd_node(client_key, tmp_path_factory):
+    node = start_node("odd", "127.0.0.21", tmp_path_factory.mktemp("odd"),
+                      hosts_content=b"127.0.0.1 localhost odd\n", authorized_pubkey=client_key.public_key_line)
+    yield node
+    node.stop()
+
+
+def run(node, script, client_key):
+    return ssh_run(node, as_command(script, "root"), pkey=client_key.pkey())
+
+
+def test_an_unsupported_os_fails_naming_the_node_and_the_os(odd_node, client_key, scripts):
+    odd_node.run_local(["sh", "-c", "rm -f /etc/os-release && printf 'ID=alpine\\nPRETTY_NAME=\"Alpine Linux v3.20\"\\n' > /etc/os-release"])
+    try:
+        status, _, stderr = run(odd_node, scripts["trust install"], client_key)
+    finally:
+        odd_node.run_local(["sh", "-c", "rm -f /etc/os-release && ln -s ../usr/lib/os-release /etc/os-release"])
+    assert status == 1
+    assert b"k3s-registry: node cube01: cannot install the registry certificate on Alpine Linux v3.20" in stderr
+    assert not odd_node.exists("/usr/local/share/ca-certificates/k3s-registry-k3s-registry-dev.crt")
+
+
+def test_a_node_without_pyyaml_fails_with_the_package_to_install(odd_node, client_key, scripts):
+    hidden = odd_node.run_local(["mount", "--bind", "/bin/false", "/usr/bin/python3"])
+    assert hidden.returncode == 0, hidden.stderr
+    try:
+        status, _, stderr = run(odd_node, scripts["k3s install"], client_key)
+    finally:
+        odd_node.run_local(["umount", "/usr/bin/python3"])
+    assert status == 1
+    assert b"needs python3 with PyYAML (apt install python3-yaml" in stderr
+    assert not odd_node.exists("/etc/rancher/k3s/registries.yaml")
+    run(odd_node, scripts["k3s remove"], client_key)
+
+
+def test_a_restart_lost_to_a_failed_run_happens_on_the_next_run(odd_node, client_key, scripts):
+    """If systemctl fails after registries.yaml was written, the next `up` still restarts k3s."""
+    odd_node.clear_restart_log()
+    odd_node.run_local(["sh", "-c", "mv /usr/local/sbin/systemctl /usr/local/sbin/systemctl.real && "
+                        "printf '#!/bin/sh\\n[ \"$1\" = is-active ]\\n' > /usr/local/sbin/systemctl && chmod +x /usr/local/sbin/systemctl"])
+    try:
+        status, _, _ = run(odd_node, scripts["k3s install"], client_key)
+    finally:
+        odd_node.run_local(["mv", "/usr/local/sbin/systemctl.real", "/usr/local/sbin/systemctl"])
+    assert status != 0
+    assert odd_node.exists("/etc/rancher/k3s/registries.yaml")
+    status, stdout, stderr = run(odd_node, scripts["k3s install"], client_key)
+    assert status == 0, stderr
+    assert b"registries.yaml: no" in stdout and b"k3s-agent restarted" in stdout
+    assert [line for line in odd_node.restart_log() if "restart" in line.split()] == ["restart k3s-agent"]
+    run(odd_node, scripts["k3s remove"], client_key)
