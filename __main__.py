@@ -16,6 +16,8 @@ nodes = ClusterNodes(
         access=settings.node_access,
         trust_anchor_pem=registry.trust_anchor_pem,
         instance_id=instance_id_for(pulumi.get_project(), pulumi.get_stack()),
+        username=registry.username,
+        password=registry.password,
     ),
 )
 
@@ -24,3 +26,6 @@ pulumi.export("caCertificatePem", registry.trust_anchor_pem)
 pulumi.export("namespace", registry.namespace)
 pulumi.export("loadBalancerIp", registry.load_balancer_ip)
 pulumi.export("configuredNodes", nodes.node_names)
+if registry.username is not None:
+    pulumi.export("registryUsername", registry.username)
+    pulumi.export("registryPassword", registry.password)

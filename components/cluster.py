@@ -7,19 +7,28 @@ Each builder takes settings plus the Outputs of what it refers to, so references
 from __future__ import annotations
 
 import hashlib
+from typing import Optional
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from .config import RegistrySettings
 
+# The namespace admits only pods that meet the Kubernetes "restricted" Pod Security Standard.
+POD_SECURITY_LABELS = {
+    f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "audit", "warn")
+}
+
 CONTAINER_PORT = 5000
 CONTAINER_PORT_NAME = "https"
 CERTS_MOUNT_PATH = "/certs"
 DATA_MOUNT_PATH = "/var/lib/registry"
 TMP_MOUNT_PATH = "/tmp"
-# registry:2 has no USER; any fixed non-root id works because the volumes get fsGroup.
-RUN_AS_ID = 1000
+AUTH_MOUNT_PATH = "/auth"
+HTPASSWD_FILE = "htpasswd"
+# registry:2 has no USER; any fixed non-root id works because the volumes get fsGroup. A
+# high one cannot collide with a user of the node.
+RUN_AS_ID = 10001
 METALLB_IP_ANNOTATION = "metallb.universe.tf/loadBalancerIPs"
 CERTIFICATE_HASH_ANNOTATION = "k3s-registry.dev/certificate-sha256"
 
@@ -35,7 +44,9 @@ def object_labels(name: str) -> dict[str, str]:
 def create_namespace(name: str, settings: RegistrySettings, parent: pulumi.Resource) -> k8s.core.v1.Namespace:
     return k8s.core.v1.Namespace(
         f"{name}-namespace",
-        metadata=k8s.meta.v1.ObjectMetaArgs(name=settings.namespace, labels=object_labels(name)),
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=settings.namespace, labels={**object_labels(name), **POD_SECURITY_LABELS}
+        ),
         opts=pulumi.ResourceOptions(parent=parent),
     )
 
@@ -61,6 +72,19 @@ def create_tls_secret(
     )
 
 
+def create_htpasswd_secret(
+    name: str, namespace: pulumi.Input[str], htpasswd: pulumi.Input[str], parent: pulumi.Resource
+) -> k8s.core.v1.Secret:
+    """The registry's user list: one user with a bcrypt hash (htpasswd format)."""
+    return k8s.core.v1.Secret(
+        f"{name}-htpasswd",
+        metadata=k8s.meta.v1.ObjectMetaArgs(namespace=namespace, labels=object_labels(name)),
+        type="Opaque",
+        string_data={HTPASSWD_FILE: pulumi.Output.secret(htpasswd)},
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
 def create_storage_claim(
     name: str, settings: RegistrySettings, namespace: pulumi.Input[str], parent: pulumi.Resource
 ) -> k8s.core.v1.PersistentVolumeClaim:
@@ -82,13 +106,19 @@ def certificate_fingerprint(certificate_pem: pulumi.Input[str]) -> pulumi.Output
     )
 
 
-def registry_environment() -> list[k8s.core.v1.EnvVarArgs]:
+def registry_environment(settings: RegistrySettings) -> list[k8s.core.v1.EnvVarArgs]:
     values = {
         "REGISTRY_HTTP_ADDR": f":{CONTAINER_PORT}",
         "REGISTRY_HTTP_TLS_CERTIFICATE": f"{CERTS_MOUNT_PATH}/tls.crt",
         "REGISTRY_HTTP_TLS_KEY": f"{CERTS_MOUNT_PATH}/tls.key",
         "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": DATA_MOUNT_PATH,
     }
+    if settings.auth.enabled:
+        values |= {
+            "REGISTRY_AUTH": "htpasswd",
+            "REGISTRY_AUTH_HTPASSWD_REALM": f"{settings.hostname} registry",
+            "REGISTRY_AUTH_HTPASSWD_PATH": f"{AUTH_MOUNT_PATH}/{HTPASSWD_FILE}",
+        }
     return [k8s.core.v1.EnvVarArgs(name=key, value=value) for key, value in values.items()]
 
 
@@ -124,18 +154,30 @@ def create_deployment(
     claim_name: pulumi.Input[str],
     certificate_pem: pulumi.Input[str],
     parent: pulumi.Resource,
+    htpasswd_secret_name: Optional[pulumi.Input[str]] = None,
 ) -> k8s.apps.v1.Deployment:
+    """``htpasswd_secret_name`` is given exactly when authentication is on."""
     labels = pod_labels(name)
+    auth_mounts, auth_volumes = [], []
+    if htpasswd_secret_name is not None:
+        auth_mounts = [k8s.core.v1.VolumeMountArgs(name="auth", mount_path=AUTH_MOUNT_PATH, read_only=True)]
+        auth_volumes = [
+            k8s.core.v1.VolumeArgs(
+                name="auth",
+                secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=htpasswd_secret_name, default_mode=0o440),
+            )
+        ]
     container = k8s.core.v1.ContainerArgs(
         name="registry",
         image=settings.image,
         image_pull_policy="IfNotPresent",
         ports=[k8s.core.v1.ContainerPortArgs(name=CONTAINER_PORT_NAME, container_port=CONTAINER_PORT, protocol="TCP")],
-        env=registry_environment(),
+        env=registry_environment(settings),
         volume_mounts=[
             k8s.core.v1.VolumeMountArgs(name="certs", mount_path=CERTS_MOUNT_PATH, read_only=True),
             k8s.core.v1.VolumeMountArgs(name="data", mount_path=DATA_MOUNT_PATH),
             k8s.core.v1.VolumeMountArgs(name="tmp", mount_path=TMP_MOUNT_PATH),
+            *auth_mounts,
         ],
         readiness_probe=_https_probe(initial_delay=2, period=10),
         liveness_probe=_https_probe(initial_delay=10, period=20),
@@ -167,6 +209,7 @@ def create_deployment(
                 persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(claim_name=claim_name),
             ),
             k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="64Mi")),
+            *auth_volumes,
         ],
     )
     return k8s.apps.v1.Deployment(

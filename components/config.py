@@ -8,6 +8,7 @@ the fix, so a bad stack file fails at ``pulumi preview`` before any resource is 
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import json
 import re
@@ -16,12 +17,19 @@ from typing import Any, Callable, Mapping, Optional, TypeVar
 
 import pulumi
 
+from . import rotation
+
 PROJECT = "k3s-registry"
 
 DEFAULT_PORT = 5000
 DEFAULT_NAMESPACE = "docker-registry"
 DEFAULT_STORAGE_SIZE = "15Gi"
-DEFAULT_CERT_VALIDITY_DAYS = 3650
+# The serving certificate is renewed in an ordinary `pulumi up` (components/rotation.py);
+# the CA the nodes trust lives long, so a renewal never touches a node.
+DEFAULT_CERT_VALIDITY_DAYS = 365
+DEFAULT_CERT_RENEWAL_DAYS = 30
+DEFAULT_CA_VALIDITY_DAYS = 3650
+DEFAULT_AUTH_USERNAME = "registry"
 DEFAULT_KEY_ALGORITHM = "RSA"
 # Pinned: a new registry release should be a reviewed change, not a surprise at pod restart.
 DEFAULT_IMAGE = "registry:2.8.3"
@@ -40,6 +48,7 @@ _IMAGE_REFERENCE = re.compile(
     r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
 )
 _POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_HTPASSWD_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SSH_PUBLIC_KEY = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*$")
 
 
@@ -59,6 +68,16 @@ class CertificateSettings:
     ip_addresses: tuple[str, ...]
     validity_days: int
     key_algorithm: str
+    ca_validity_days: int = DEFAULT_CA_VALIDITY_DAYS
+    renewal_days: int = DEFAULT_CERT_RENEWAL_DAYS
+    rotation: int = 0
+    """Which rotation period this evaluation is in (see components/rotation.py)."""
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    enabled: bool
+    username: str
 
 
 @dataclass(frozen=True)
@@ -72,6 +91,7 @@ class RegistrySettings:
     node_selector: tuple[tuple[str, str], ...]
     image: str
     certificate: CertificateSettings
+    auth: AuthSettings = AuthSettings(enabled=True, username=DEFAULT_AUTH_USERNAME)
 
     @property
     def address(self) -> str:
@@ -264,6 +284,12 @@ def _check_label_key(label: Any) -> None:
         _fail(f"{label!r} is not a valid label key, like node-type or example.com/zone")
 
 
+def parse_auth_username(_key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _HTPASSWD_USER.match(value):
+        _fail(f"{value!r} is not a usable user name; use up to 64 letters, digits, '.', '_' or '-'")
+    return value
+
+
 def parse_key_algorithm(_key: str, value: Any) -> str:
     algorithm = str(value).strip().upper()
     if algorithm not in KEY_ALGORITHMS:
@@ -353,6 +379,10 @@ KNOWN_KEYS = (
     "certIpAddresses",
     "certValidityDays",
     "keyAlgorithm",
+    "caValidityDays",
+    "certRenewalDays",
+    "auth",
+    "authUsername",
     "image",
     "nodes",
     "sshPrivateKey",
@@ -363,8 +393,12 @@ KNOWN_KEYS = (
 def parse_settings(
     raw: Mapping[str, Optional[str]],
     ssh_private_key: Optional[pulumi.Output[str]] = None,
+    now: Optional[dt.datetime] = None,
 ) -> StackSettings:
-    """Turns raw config strings (key without namespace -> value) into validated settings."""
+    """Turns raw config strings (key without namespace -> value) into validated settings.
+
+    ``now`` places the evaluation in a certificate rotation period (default: the clock).
+    """
     read = _Reader(raw)
     for key in sorted(set(raw) - set(KNOWN_KEYS)):
         read.problem(key, f"is not a setting of this program; known settings: {', '.join(KNOWN_KEYS)}")
@@ -376,15 +410,43 @@ def parse_settings(
     port = read.value("port", parse_int(1, 65535, "a TCP port"), DEFAULT_PORT, json_value=False)
     dns_names = read.value("certDnsNames", parse_string_list(parse_dns_name_or_wildcard), (), json_value=True)
     ip_addresses = read.value("certIpAddresses", parse_string_list(parse_ip), (), json_value=True)
+    validity_days = read.value(
+        "certValidityDays", parse_int(2, 3650, "a number of days"), DEFAULT_CERT_VALIDITY_DAYS, json_value=False
+    )
+    renewal_days = read.value(
+        "certRenewalDays", parse_int(1, 3649, "a number of days"), DEFAULT_CERT_RENEWAL_DAYS, json_value=False
+    )
+    ca_validity_days = read.value(
+        "caValidityDays", parse_int(1, 36500, "a number of days"), DEFAULT_CA_VALIDITY_DAYS, json_value=False
+    )
+    if renewal_days >= validity_days:
+        read.problem(
+            "certRenewalDays",
+            f"{renewal_days} days is not shorter than certValidityDays ({validity_days}); "
+            "renew some days before the certificate expires, e.g. 30 of 365",
+        )
+    elif validity_days > ca_validity_days:
+        read.problem(
+            "certValidityDays",
+            f"{validity_days} days outlives the CA (caValidityDays {ca_validity_days}); "
+            "make the serving certificate shorter-lived than the CA",
+        )
     certificate = CertificateSettings(
         common_name=hostname or "",
         dns_names=_unique((hostname,) + dns_names if hostname else dns_names),
         ip_addresses=_unique((load_balancer_ip,) + ip_addresses if load_balancer_ip else ip_addresses),
-        validity_days=read.value(
-            "certValidityDays", parse_int(1, 36500, "a number of days"), DEFAULT_CERT_VALIDITY_DAYS, json_value=False
-        ),
+        validity_days=validity_days,
         key_algorithm=read.value("keyAlgorithm", parse_key_algorithm, DEFAULT_KEY_ALGORITHM, json_value=False),
+        ca_validity_days=ca_validity_days,
+        renewal_days=renewal_days,
+        rotation=rotation.rotation_number(now or rotation.utcnow(), validity_days, renewal_days)
+        if renewal_days < validity_days
+        else 0,
     )
+    auth_enabled = read.value("auth", parse_bool, True, json_value=False)
+    auth_username = read.value("authUsername", parse_auth_username, DEFAULT_AUTH_USERNAME, json_value=False)
+    if not auth_enabled and raw.get("authUsername") is not None:
+        read.problem("authUsername", "is set but auth is false; remove authUsername or turn auth on")
     registry = RegistrySettings(
         hostname=hostname or "",
         load_balancer_ip=load_balancer_ip or "",
@@ -395,6 +457,7 @@ def parse_settings(
         node_selector=read.value("nodeSelector", parse_node_selector, (), json_value=True),
         image=read.value("image", parse_image, DEFAULT_IMAGE, json_value=False),
         certificate=certificate,
+        auth=AuthSettings(enabled=auth_enabled, username=auth_username),
     )
     node_access = NodeAccessSettings(
         nodes=read.value("nodes", parse_nodes, (), json_value=True),

@@ -327,6 +327,8 @@ if [ ! -e "$registries" ] || ! cmp -s "$work/registries" "$registries"; then
   replace_file "$registries" 600 "$work/registries"
   registries_changed=yes
 fi
+# It may hold the registry's password: root only, whatever mode an older file had.
+if [ "$(stat -c %a "$registries")" != 600 ]; then chmod 600 "$registries"; fi
 replace_file "$state/written" 600 "$registries"
 printf '%s\\n' "$address" > "$work/address"
 replace_file "$state/address" 600 "$work/address"

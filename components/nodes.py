@@ -7,6 +7,7 @@ another, so ``pulumi up --continue-on-error`` configures every reachable node wh
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Optional
@@ -32,6 +33,8 @@ class NodeConfigurationArgs:
     instance_id: str
     restart_k3s: bool
     ssh_private_key: Optional[pulumi.Input[str]] = None
+    registry_credentials: Optional[pulumi.Input[str]] = None
+    """JSON ``{"username", "password"}`` for registries.yaml, secret; None without auth."""
 
 
 class NodeConfiguration(pulumi.ComponentResource):
@@ -55,13 +58,17 @@ class NodeConfiguration(pulumi.ComponentResource):
         registry = args.registry
         anchor = pulumi.Output.from_input(args.trust_anchor_pem)
 
-        def step(role: str, create: pulumi.Input[str], delete: str) -> command.remote.Command:
+        def step(
+            role: str, create: pulumi.Input[str], delete: str, stdin: Optional[pulumi.Input[str]] = None
+        ) -> command.remote.Command:
             return command.remote.Command(
                 f"{name}-{role}",
                 connection=connection,
                 create=create,
                 update=create,
                 delete=delete,
+                # Secrets travel on stdin: the provider prints the command text when it fails.
+                stdin=stdin,
                 add_previous_output_in_env=False,
                 # Moving a node to another address undoes the old host before configuring the new.
                 triggers=[node.host, node.port],
@@ -89,6 +96,7 @@ class NodeConfiguration(pulumi.ComponentResource):
                 )
             ),
             as_command(node_scripts.registries_remove_script(target, registry.address, args.restart_k3s), node.user),
+            stdin=args.registry_credentials,
         )
         self.register_outputs({})
 
@@ -99,6 +107,17 @@ class ClusterNodesArgs:
     access: NodeAccessSettings
     trust_anchor_pem: pulumi.Input[str]
     instance_id: str
+    username: Optional[pulumi.Input[str]] = None
+    password: Optional[pulumi.Input[str]] = None
+    """The registry's credentials, which k3s needs to pull; None when authentication is off."""
+
+
+def credentials_json(username: pulumi.Input[str], password: pulumi.Input[str]) -> pulumi.Output[str]:
+    return pulumi.Output.secret(
+        pulumi.Output.all(username, password).apply(
+            lambda values: json.dumps({"username": values[0], "password": values[1]}, sort_keys=True)
+        )
+    )
 
 
 class ClusterNodes(pulumi.ComponentResource):
@@ -109,6 +128,9 @@ class ClusterNodes(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ClusterNodesArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("k3s-registry:index:ClusterNodes", name, None, opts)
+        credentials = (
+            credentials_json(args.username, args.password) if args.username is not None else None
+        )
         self.nodes = {
             node.name: NodeConfiguration(
                 f"{name}-{node.name}",
@@ -119,6 +141,7 @@ class ClusterNodes(pulumi.ComponentResource):
                     instance_id=args.instance_id,
                     restart_k3s=args.access.restart_k3s,
                     ssh_private_key=args.access.ssh_private_key,
+                    registry_credentials=credentials,
                 ),
                 opts=pulumi.ResourceOptions(parent=self),
             )

@@ -5,20 +5,23 @@ from __future__ import annotations
 from typing import Optional
 
 import pulumi
+import pulumi_random as random
 
 from . import cluster
-from .certificates import create_registry_certificate
+from .certificates import create_registry_certificates
 from .config import RegistrySettings
+
+PASSWORD_LENGTH = 32
 
 
 class Registry(pulumi.ComponentResource):
-    """A TLS registry on the cluster: certificate, Secret, volume, Deployment and Service."""
+    """A TLS registry on the cluster: certificates, Secrets, volume, Deployment and Service."""
 
     address: pulumi.Output[str]
     """``hostname:port``, the name images are tagged and pulled with."""
 
     trust_anchor_pem: pulumi.Output[str]
-    """The certificate clients and nodes trust (public)."""
+    """The CA certificate clients and nodes trust (public)."""
 
     namespace: pulumi.Output[str]
     """The namespace holding every object of the registry."""
@@ -26,30 +29,54 @@ class Registry(pulumi.ComponentResource):
     load_balancer_ip: pulumi.Output[str]
     """The address MetalLB is asked to give the Service."""
 
+    username: Optional[pulumi.Output[str]]
+    """The registry user, when authentication is on."""
+
+    password: Optional[pulumi.Output[str]]
+    """The registry user's generated password (secret), when authentication is on."""
+
     def __init__(self, name: str, args: RegistrySettings, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("k3s-registry:index:Registry", name, None, opts)
         settings = args
 
         namespace = cluster.create_namespace(name, settings, parent=self)
         namespace_name = namespace.metadata.name
-        certificate = create_registry_certificate(name, settings.certificate, parent=self)
-        secret = cluster.create_tls_secret(
-            name, namespace_name, certificate.certificate_pem, certificate.private_key_pem, parent=self
+        certificates = create_registry_certificates(name, settings.certificate, parent=self)
+        tls_secret = cluster.create_tls_secret(
+            name, namespace_name, certificates.certificate_pem, certificates.private_key_pem, parent=self
         )
+        htpasswd_secret_name = None
+        self.username = self.password = None
+        if settings.auth.enabled:
+            password = random.RandomPassword(
+                f"{name}-password",
+                length=PASSWORD_LENGTH,
+                special=False,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            self.username = pulumi.Output.from_input(settings.auth.username)
+            self.password = pulumi.Output.secret(password.result)
+            htpasswd = pulumi.Output.secret(password.bcrypt_hash).apply(
+                lambda bcrypt_hash: f"{settings.auth.username}:{bcrypt_hash}\n"
+            )
+            htpasswd_secret_name = cluster.create_htpasswd_secret(
+                name, namespace_name, htpasswd, parent=self
+            ).metadata.name
         claim = cluster.create_storage_claim(name, settings, namespace_name, parent=self)
         self.deployment = cluster.create_deployment(
             name,
             settings,
             namespace=namespace_name,
-            secret_name=secret.metadata.name,
+            secret_name=tls_secret.metadata.name,
             claim_name=claim.metadata.name,
-            certificate_pem=certificate.certificate_pem,
+            certificate_pem=certificates.certificate_pem,
+            htpasswd_secret_name=htpasswd_secret_name,
             parent=self,
         )
         self.service = cluster.create_service(name, settings, namespace_name, parent=self)
 
         self.address = pulumi.Output.from_input(settings.address)
-        self.trust_anchor_pem = certificate.trust_anchor_pem
+        self.trust_anchor_pem = certificates.trust_anchor_pem
         self.namespace = namespace_name
         self.load_balancer_ip = pulumi.Output.from_input(settings.load_balancer_ip)
         self.register_outputs(
@@ -58,5 +85,7 @@ class Registry(pulumi.ComponentResource):
                 "trustAnchorPem": self.trust_anchor_pem,
                 "namespace": self.namespace,
                 "loadBalancerIp": self.load_balancer_ip,
+                "username": self.username,
+                "password": self.password,
             }
         )

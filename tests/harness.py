@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import bcrypt
 import pulumi
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -127,22 +128,19 @@ _KEY_USAGE_FLAGS = {
 _EXTENDED_USAGES = {"server_auth": ExtendedKeyUsageOID.SERVER_AUTH, "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH}
 
 
-def build_certificate(
-    subject_key_pem: str,
-    signer_key_pem: str,
-    subject: dict[str, Any],
-    issuer: Optional[x509.Name],
-    inputs: dict[str, Any],
-    now: dt.datetime,
-    dns_names: list[str],
-    ip_addresses: list[str],
-) -> x509.Certificate:
+def subject_name(subject: dict[str, Any]) -> x509.Name:
+    oids = {"commonName": NameOID.COMMON_NAME, "organization": NameOID.ORGANIZATION_NAME,
+            "serialNumber": NameOID.SERIAL_NUMBER}
+    return x509.Name([x509.NameAttribute(oid, subject[key]) for key, oid in oids.items() if subject.get(key)])
+
+
+def alternative_names(dns_names: list[str], ip_addresses: list[str]) -> list[x509.GeneralName]:
+    return [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses]
+
+
+def _sign(subject_public_key, signer_key, subject: x509.Name, issuer: x509.Name, inputs: dict[str, Any],
+          now: dt.datetime, names: list[x509.GeneralName]) -> x509.Certificate:
     """A certificate with exactly the extensions pulumi-tls derives from the same inputs."""
-    subject_key = serialization.load_pem_private_key(subject_key_pem.encode(), None)
-    signer_key = serialization.load_pem_private_key(signer_key_pem.encode(), None)
-    name = x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, subject["commonName"])] if subject.get("commonName") else []
-    )
     uses = set(inputs.get("allowedUses", []))
     flags = {flag: False for flag in (
         "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
@@ -153,9 +151,9 @@ def build_certificate(
             flags[_KEY_USAGE_FLAGS[use]] = True
     builder = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer or name)
-        .public_key(subject_key.public_key())
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(subject_public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
         .not_valid_after(now + dt.timedelta(hours=int(inputs["validityPeriodHours"])))
@@ -163,20 +161,14 @@ def build_certificate(
         .add_extension(
             x509.BasicConstraints(ca=bool(inputs.get("isCaCertificate")), path_length=None), critical=True
         )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_public_key), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()), critical=False)
     )
     extended = [_EXTENDED_USAGES[use] for use in sorted(uses) if use in _EXTENDED_USAGES]
     if extended:
         builder = builder.add_extension(x509.ExtendedKeyUsage(extended), critical=False)
-    alternative_names = [x509.DNSName(n) for n in dns_names] + [
-        x509.IPAddress(ipaddress.ip_address(a)) for a in ip_addresses
-    ]
-    if alternative_names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(alternative_names), critical=False)
-    if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer_key.public_key()), critical=False
-        )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(signer_key, hashes.SHA256())
 
 
@@ -191,6 +183,27 @@ def _certificate_outputs(certificate: x509.Certificate, inputs: dict[str, Any], 
     }
 
 
+def _certificate_request(inputs: dict[str, Any]) -> dict[str, Any]:
+    key = serialization.load_pem_private_key(inputs["privateKeyPem"].encode(), None)
+    names = alternative_names(inputs.get("dnsNames", []), inputs.get("ipAddresses", []))
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject_name(inputs.get("subject", {})))
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    request = builder.sign(key, hashes.SHA256())
+    return {"certRequestPem": request.public_bytes(serialization.Encoding.PEM).decode()}
+
+
+def _random_password(inputs: dict[str, Any]) -> dict[str, Any]:
+    import secrets
+    import string
+
+    alphabet = string.ascii_letters + string.digits
+    result = "".join(secrets.choice(alphabet) for _ in range(int(inputs.get("length", 16))))
+    # pulumi-random hashes with Go's bcrypt, whose hashes start with $2a$.
+    bcrypt_hash = bcrypt.hashpw(result.encode(), bcrypt.gensalt(rounds=10, prefix=b"2a")).decode()
+    return {"result": result, "bcryptHash": bcrypt_hash}
+
+
 class ProviderMocks(pulumi.runtime.Mocks):
     """Provider behaviour for every resource type the program declares."""
 
@@ -199,15 +212,32 @@ class ProviderMocks(pulumi.runtime.Mocks):
         self.handlers = {
             "tls:index/privateKey:PrivateKey": lambda args: _private_key(normalize(args.inputs)),
             "tls:index/selfSignedCert:SelfSignedCert": self._self_signed,
+            "tls:index/certRequest:CertRequest": lambda args: _certificate_request(normalize(args.inputs)),
+            "tls:index/locallySignedCert:LocallySignedCert": self._locally_signed,
+            "random:index/randomPassword:RandomPassword": lambda args: _random_password(normalize(args.inputs)),
         }
+
+    def _locally_signed(self, args: pulumi_mocks.MockResourceArgs) -> dict[str, Any]:
+        """Signs the request with the CA key, copying its subject and SANs as pulumi-tls does."""
+        inputs = normalize(args.inputs)
+        now = self.clock()
+        request = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
+        ca = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
+        try:
+            names = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            names = []
+        signer_key = serialization.load_pem_private_key(inputs["caPrivateKeyPem"].encode(), None)
+        certificate = _sign(request.public_key(), signer_key, request.subject, ca.subject, inputs, now, list(names))
+        return _certificate_outputs(certificate, inputs, now)
 
     def _self_signed(self, args: pulumi_mocks.MockResourceArgs) -> dict[str, Any]:
         inputs = normalize(args.inputs)
         now = self.clock()
-        certificate = build_certificate(
-            inputs["privateKeyPem"], inputs["privateKeyPem"], inputs.get("subject", {}), None, inputs, now,
-            inputs.get("dnsNames", []), inputs.get("ipAddresses", []),
-        )
+        key = serialization.load_pem_private_key(inputs["privateKeyPem"].encode(), None)
+        name = subject_name(inputs.get("subject", {}))
+        names = alternative_names(inputs.get("dnsNames", []), inputs.get("ipAddresses", []))
+        certificate = _sign(key.public_key(), key, name, name, inputs, now, names)
         return _certificate_outputs(certificate, inputs, now)
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs):
@@ -268,8 +298,18 @@ def run_function(
     clock=_utcnow,
     stack: str = "dev",
 ) -> Evaluation:
-    """Runs ``program`` (any function declaring resources) under the mocks."""
-    return contextvars.Context().run(_evaluate, program, config or {}, secret_keys, clock, stack)
+    """Runs ``program`` (any function declaring resources) under the mocks.
+
+    ``clock`` is both the program's clock (certificate rotation) and the providers' (issue
+    dates), so a test can move the whole world to another day.
+    """
+    from components import rotation
+
+    program_clock, rotation.utcnow = rotation.utcnow, clock
+    try:
+        return contextvars.Context().run(_evaluate, program, config or {}, secret_keys, clock, stack)
+    finally:
+        rotation.utcnow = program_clock
 
 
 def _evaluate(program, config: dict[str, Any], secret_keys, clock, stack: str) -> Evaluation:

@@ -40,8 +40,11 @@ def test_defaults_match_the_documented_table():
     )
     assert registry.node_selector == ()
     assert registry.image == DEFAULT_IMAGE and DEFAULT_IMAGE.startswith("registry:2.8.")
-    assert registry.certificate.validity_days == 3650
+    assert registry.certificate.validity_days == 365
+    assert registry.certificate.renewal_days == 30
+    assert registry.certificate.ca_validity_days == 3650
     assert registry.certificate.key_algorithm == "RSA"
+    assert registry.auth.enabled is True and registry.auth.username == "registry"
     assert settings.node_access.nodes == () and settings.node_access.restart_k3s is True
 
 
@@ -144,6 +147,10 @@ def test_project_file_declares_every_scalar_and_list_key_with_its_default():
         "certDnsNames": [],
         "certIpAddresses": [],
         "certValidityDays": settings.registry.certificate.validity_days,
+        "certRenewalDays": settings.registry.certificate.renewal_days,
+        "caValidityDays": settings.registry.certificate.ca_validity_days,
+        "auth": settings.registry.auth.enabled,
+        "authUsername": settings.registry.auth.username,
         "keyAlgorithm": settings.registry.certificate.key_algorithm,
         "image": settings.registry.image,
         "restartK3s": settings.node_access.restart_k3s,

@@ -10,6 +10,7 @@ KUBERNETES_VERSIONS = ("1.28.0", "1.33.0")
 CONFIGS = {
     "guide": GUIDE_CONFIG,
     "defaults": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3"},
+    "without-auth": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3", "auth": "false"},
     "ecdsa-custom-port": {**GUIDE_CONFIG, "keyAlgorithm": "ECDSA", "port": "443", "certIpAddresses": ["fd00::5"]},
 }
 
@@ -19,10 +20,14 @@ def manifests(request):
     return kubernetes_manifests(evaluate(CONFIGS[request.param]))
 
 
-def test_the_program_declares_the_five_kinds(manifests):
-    assert sorted(m["kind"] for m in manifests) == [
-        "Deployment", "Namespace", "PersistentVolumeClaim", "Secret", "Service",
-    ]
+def kinds_for(config_name):
+    secrets = ["Secret"] if CONFIGS[config_name].get("auth") == "false" else ["Secret", "Secret"]
+    return sorted(["Deployment", "Namespace", "PersistentVolumeClaim", "Service", *secrets])
+
+
+def test_the_program_declares_every_kind(manifests, request):
+    config_name = request.node.callspec.params["manifests"]
+    assert sorted(m["kind"] for m in manifests) == kinds_for(config_name)
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)

@@ -101,8 +101,10 @@ def pushed_image(registry, declared, cluster, tmp_path_factory):
     layout = build_oci_layout(work / "image", "1.0", b"built on a laptop\n")
     (work / "certs").mkdir()
     (work / "certs" / "ca.crt").write_text(declared.outputs["caCertificatePem"])
+    credentials = f"{declared.outputs['registryUsername']}:{declared.outputs['registryPassword']}"
     result = skopeo_copy(f"oci:{layout}:1.0", f"docker://{ADDRESS}/apps/hello:1.0",
-                         extra_args=["--dest-cert-dir", str(work / "certs")], run=cluster["outsider"].run_local)
+                         extra_args=["--dest-cert-dir", str(work / "certs"), "--dest-creds", credentials],
+                         run=cluster["outsider"].run_local)
     assert result.returncode == 0, result.stderr.decode()
     return f"{ADDRESS}/apps/hello:1.0"
 
@@ -114,8 +116,15 @@ def up(declared, managed, before, java_before, client_key, pushed_image):
     return run_phase(declared, managed, "create", client_key)
 
 
-def curl_catalog(node):
-    return node.run_local(["curl", "-sS", "--max-time", "10", f"https://{ADDRESS}/v2/_catalog"])
+def k3s_credentials(node) -> str:
+    """The credentials k3s would use: read from the node's own registries.yaml."""
+    auth = yaml.safe_load(node.read_file("/etc/rancher/k3s/registries.yaml"))["configs"][ADDRESS]["auth"]
+    return f"{auth['username']}:{auth['password']}"
+
+
+def curl_catalog(node, credentials=None):
+    user = ["--user", credentials] if credentials else []
+    return node.run_local(["curl", "-sS", "--fail", "--max-time", "10", *user, f"https://{ADDRESS}/v2/_catalog"])
 
 
 def managed_lines(hosts: bytes) -> list[bytes]:
@@ -130,14 +139,20 @@ def restarts(node):
 
 def test_every_node_reaches_the_registry_over_verified_tls_without_cacert(up, managed, registry):
     for node in managed:
-        result = curl_catalog(node)
+        result = curl_catalog(node, k3s_credentials(node))
         assert result.returncode == 0, (node.name, result.stderr.decode())
         assert json.loads(result.stdout)["repositories"] == ["apps/hello"]
 
 
-def test_every_node_pulls_the_image_pushed_earlier(up, managed, pushed_image, tmp_path):
+def test_without_the_credentials_the_registry_refuses_even_a_trusting_node(up, managed):
+    result = curl_catalog(managed[0])
+    assert result.returncode == 22 and b"401" in result.stderr  # curl --fail: HTTP error
+
+
+def test_every_node_pulls_the_image_pushed_earlier_with_its_k3s_credentials(up, managed, pushed_image, tmp_path):
     for node in managed:
-        pulled = node.run_local(["skopeo", "copy", f"docker://{pushed_image}", f"dir:{tmp_path / node.name}"])
+        pulled = node.run_local(["skopeo", "copy", "--src-creds", k3s_credentials(node),
+                                 f"docker://{pushed_image}", f"dir:{tmp_path / node.name}"])
         assert pulled.returncode == 0, (node.name, pulled.stderr.decode())
 
 
@@ -166,7 +181,10 @@ def test_registries_yaml_has_mirror_and_ca_keyed_by_host_and_port(up, managed):
         document = yaml.safe_load(node.read_file("/etc/rancher/k3s/registries.yaml"))
         assert document["mirrors"][ADDRESS] == {"endpoint": [f"https://{ADDRESS}"]}
         config = document["configs"][ADDRESS]
-        assert set(config) == {"tls"} and set(config["tls"]) == {"ca_file"}
+        assert set(config) == {"tls", "auth"} and set(config["tls"]) == {"ca_file"}
+        assert set(config["auth"]) == {"username", "password"}
+        mode = node.run_local(["stat", "-c", "%a", "/etc/rancher/k3s/registries.yaml"]).stdout.strip()
+        assert mode == b"600", "registries.yaml holds the password: root only"
         ca_file = node.read_file(config["tls"]["ca_file"]).decode()
         assert "BEGIN CERTIFICATE" in ca_file and "PRIVATE" not in ca_file
         assert HOSTNAME not in document["configs"], "the configs key must carry the port"
@@ -232,12 +250,14 @@ def test_a_new_ip_rewrites_the_managed_line_and_leaves_k3s_alone(moved, managed,
         assert restarts(node) == [], "registries.yaml did not change, so k3s keeps running"
 
 
-def test_the_renewed_certificate_replaces_the_old_one_in_the_trust_store(moved, managed):
-    evaluation, _ = moved
-    new_pem = evaluation.outputs["caCertificatePem"]
+def test_a_new_ip_leaves_the_trusted_ca_alone(moved, managed, declared):
+    """The nodes trust the CA, which names the host, not the IP: nothing to re-trust."""
+    evaluation, runs = moved
+    assert evaluation.outputs["caCertificatePem"] == declared.outputs["caCertificatePem"]
     for node in managed:
         anchors = node.snapshot(["/usr/local/share/ca-certificates"])
-        assert list(anchors.values()) == [new_pem.encode()], node.name
+        assert list(anchors.values()) == [declared.outputs["caCertificatePem"].encode()], node.name
+    assert all("trust store: unchanged" in run.stdout for run in runs if run.step == "trust")
 
 
 # ------------------------------------------------------------------ `pulumi destroy`

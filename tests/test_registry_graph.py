@@ -16,7 +16,10 @@ SECRET = "kubernetes:core/v1:Secret"
 CLAIM = "kubernetes:core/v1:PersistentVolumeClaim"
 NAMESPACE = "kubernetes:core/v1:Namespace"
 KEY = "tls:index/privateKey:PrivateKey"
-CERT = "tls:index/selfSignedCert:SelfSignedCert"
+CA = "tls:index/selfSignedCert:SelfSignedCert"
+CSR = "tls:index/certRequest:CertRequest"
+CERT = "tls:index/locallySignedCert:LocallySignedCert"
+PASSWORD = "random:index/randomPassword:RandomPassword"
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,8 @@ def container(evaluation):
 def test_every_object_is_a_child_of_the_registry_component(guide):
     component = guide.one("k3s-registry:index:Registry")
     cluster_side = [r for r in guide.resources if r.type.startswith(("kubernetes:", "tls:"))]
-    assert {r.type for r in cluster_side} == {DEPLOYMENT, SERVICE, SECRET, CLAIM, NAMESPACE, KEY, CERT}
+    cluster_side += guide.of_type(PASSWORD)
+    assert {r.type for r in cluster_side} == {DEPLOYMENT, SERVICE, SECRET, CLAIM, NAMESPACE, KEY, CA, CSR, CERT, PASSWORD}
     for resource in cluster_side:
         assert resource.parent == component.urn, resource.name
         assert resource.name.startswith(f"{component.name}-"), resource.name
@@ -44,26 +48,45 @@ def test_every_object_is_a_child_of_the_registry_component(guide):
 
 def test_everything_lives_in_the_configured_namespace(guide):
     assert guide.one(NAMESPACE).inputs["metadata"]["name"] == "docker-registry"
-    for type_token in (DEPLOYMENT, SERVICE, SECRET, CLAIM):
-        assert guide.one(type_token).inputs["metadata"]["namespace"] == "docker-registry", type_token
+    for resource in guide.of_type(DEPLOYMENT) + guide.of_type(SERVICE) + guide.of_type(SECRET) + guide.of_type(CLAIM):
+        assert resource.inputs["metadata"]["namespace"] == "docker-registry", resource.name
 
 
-def test_key_is_rsa_4096_by_default_and_ecdsa_p256_on_request(guide):
-    assert guide.one(KEY).inputs == {"algorithm": "RSA", "rsaBits": 4096}
+def test_the_namespace_enforces_the_restricted_pod_security_standard(guide):
+    labels = guide.one(NAMESPACE).inputs["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+
+
+def test_keys_are_rsa_4096_by_default_and_ecdsa_p256_on_request(guide):
+    assert [key.inputs for key in guide.of_type(KEY)] == [{"algorithm": "RSA", "rsaBits": 4096}] * 2
     ecdsa = evaluate({**GUIDE_CONFIG, "keyAlgorithm": "ECDSA"})
-    assert ecdsa.one(KEY).inputs == {"algorithm": "ECDSA", "ecdsaCurve": "P256"}
+    assert [key.inputs for key in ecdsa.of_type(KEY)] == [{"algorithm": "ECDSA", "ecdsaCurve": "P256"}] * 2
     pem = ecdsa.one(CERT).outputs["certPem"]
     assert isinstance(x509.load_pem_x509_certificate(pem.encode()).public_key(), ec.EllipticCurvePublicKey)
 
 
 def test_certificate_names_the_hostname_and_the_served_ip(guide):
+    request = guide.one(CSR).inputs
+    assert request["subject"]["commonName"] == "registry.cube.local"
+    assert request["dnsNames"] == ["registry.cube.local", "*.cube.local"]
+    assert request["ipAddresses"] == ["192.168.0.202"]
+    assert request["privateKeyPem"] == guide.named("registry-key").outputs["privateKeyPem"]
     inputs = guide.one(CERT).inputs
-    assert inputs["subject"] == {"commonName": "registry.cube.local"}
-    assert inputs["dnsNames"] == ["registry.cube.local", "*.cube.local"]
-    assert inputs["ipAddresses"] == ["192.168.0.202"]
-    assert inputs["validityPeriodHours"] == 3650 * 24
+    assert inputs["validityPeriodHours"] == 365 * 24
     assert "server_auth" in inputs["allowedUses"]
-    assert inputs["privateKeyPem"] == guide.one(KEY).outputs["privateKeyPem"]
+    assert inputs["certRequestPem"] == guide.one(CSR).outputs["certRequestPem"]
+
+
+def test_the_serving_certificate_is_signed_by_a_long_lived_ca(guide):
+    ca = guide.one(CA).inputs
+    assert ca["isCaCertificate"] is True and "cert_signing" in ca["allowedUses"]
+    assert ca["validityPeriodHours"] == 3650 * 24
+    assert ca["privateKeyPem"] == guide.named("registry-ca-key").outputs["privateKeyPem"]
+    signed = guide.one(CERT).inputs
+    assert signed["caCertPem"] == guide.one(CA).outputs["certPem"]
+    assert signed["caPrivateKeyPem"] == guide.named("registry-ca-key").outputs["privateKeyPem"]
+    assert guide.named("registry-ca-key").outputs != guide.named("registry-key").outputs
 
 
 def test_issued_certificate_matches_the_service_address(guide):
@@ -78,23 +101,26 @@ def test_issued_certificate_matches_the_service_address(guide):
 
 
 def test_validity_follows_config():
-    evaluation = evaluate({**GUIDE_CONFIG, "certValidityDays": "90"})
+    evaluation = evaluate({**GUIDE_CONFIG, "certValidityDays": "90", "caValidityDays": "1000"})
     assert evaluation.one(CERT).inputs["validityPeriodHours"] == 90 * 24
+    assert evaluation.one(CA).inputs["validityPeriodHours"] == 1000 * 24
 
 
-def test_secret_is_a_tls_secret_of_the_declared_certificate_and_key(guide):
-    secret = guide.one(SECRET)
+def test_secret_is_a_tls_secret_of_the_serving_certificate_and_key(guide):
+    secret = guide.named("registry-tls")
     assert secret.inputs["type"] == "kubernetes.io/tls"
     assert secret.inputs["stringData"] == {
         "tls.crt": guide.one(CERT).outputs["certPem"],
-        "tls.key": guide.one(KEY).outputs["privateKeyPem"],
+        "tls.key": guide.named("registry-key").outputs["privateKeyPem"],
     }
+    ca_key = guide.named("registry-ca-key").outputs["privateKeyPem"]
+    assert ca_key.splitlines()[1] not in str(secret.inputs), "the CA key never leaves Pulumi's state"
 
 
 def test_the_private_key_reaches_the_secret_only_as_a_secret(guide):
     from harness import is_secret_marker
 
-    string_data = guide.one(SECRET).wire_inputs["stringData"]
+    string_data = guide.named("registry-tls").wire_inputs["stringData"]
     assert is_secret_marker(string_data) or is_secret_marker(string_data.get("tls.key"))
 
 
@@ -124,7 +150,8 @@ def test_no_node_selector_unless_configured():
 
 def test_volumes_are_the_secret_and_claim_actually_declared(guide):
     volumes = {volume["name"]: volume for volume in pod_spec(guide)["volumes"]}
-    assert volumes["certs"]["secret"]["secretName"] == guide.one(SECRET).outputs["metadata"]["name"]
+    assert volumes["certs"]["secret"]["secretName"] == guide.named("registry-tls").outputs["metadata"]["name"]
+    assert volumes["auth"]["secret"]["secretName"] == guide.named("registry-htpasswd").outputs["metadata"]["name"]
     assert volumes["data"]["persistentVolumeClaim"]["claimName"] == guide.one(CLAIM).outputs["metadata"]["name"]
     mounts = {mount["name"]: mount for mount in container(guide)["volumeMounts"]}
     assert mounts["certs"]["readOnly"] is True
@@ -197,7 +224,7 @@ def test_service_port_is_configured_and_targets_the_container_port(guide):
 
 def test_stack_outputs_give_address_ca_namespace_and_ip_but_never_the_key(guide):
     assert guide.outputs["registryAddress"] == "registry.cube.local:5000"
-    assert guide.outputs["caCertificatePem"] == guide.one(CERT).outputs["certPem"]
+    assert guide.outputs["caCertificatePem"] == guide.one(CA).outputs["certPem"]
     assert guide.outputs["namespace"] == "docker-registry"
     assert guide.outputs["loadBalancerIp"] == "192.168.0.202"
     assert not any("PRIVATE KEY" in str(value) for value in guide.outputs.values())

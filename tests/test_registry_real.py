@@ -4,6 +4,7 @@ The certificate and key are the ones the TLS resources produce under the mocks, 
 carries them, and the Deployment says where they are mounted and how the registry is told.
 """
 
+import base64
 import json
 import socket
 import ssl
@@ -50,10 +51,21 @@ def client(registry, client_key, tmp_path_factory):
 
 
 def https_get(
-    path: str, context: ssl.SSLContext, server_hostname: str = HOSTNAME, accept: str = "*/*"
+    path: str,
+    context: ssl.SSLContext,
+    server_hostname: str = HOSTNAME,
+    accept: str = "*/*",
+    credentials: tuple[str, str] | None = None,
 ) -> tuple[int, bytes]:
     """GET over TLS to the registry's IP, verifying the certificate for ``server_hostname``."""
-    request = f"GET {path} HTTP/1.1\r\nHost: {server_hostname}:5000\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    authorization = ""
+    if credentials:
+        token = base64.b64encode(":".join(credentials).encode()).decode()
+        authorization = f"Authorization: Basic {token}\r\n"
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {server_hostname}:5000\r\nAccept: {accept}\r\n{authorization}"
+        "Connection: close\r\n\r\n"
+    )
     with socket.create_connection((REGISTRY_IP, 5000), timeout=10) as raw:
         with context.wrap_socket(raw, server_hostname=server_hostname) as tls:
             tls.sendall(request.encode())
@@ -72,58 +84,97 @@ def trusting(ca_pem: str) -> ssl.SSLContext:
 
 def test_the_registry_runs_as_declared(registry, declared):
     settings = registry_pod_settings(declared)
-    assert settings["read_only_root"] is True and settings["run_as_uid"] == 1000
+    assert settings["read_only_root"] is True and settings["run_as_uid"] == 10001
     assert registry.run_inside(["touch", "/probe"]).returncode != 0, "the root filesystem must be read-only"
 
 
-def test_a_client_trusting_only_the_certificate_connects_by_hostname(registry, ca_pem):
+@pytest.fixture(scope="module")
+def credentials(declared):
+    return declared.outputs["registryUsername"], declared.outputs["registryPassword"]
+
+
+def test_a_client_trusting_only_the_ca_connects_by_hostname(registry, ca_pem, credentials):
+    status, _ = https_get("/v2/", trusting(ca_pem), credentials=credentials)
+    assert status == 200
+
+
+def test_without_credentials_the_api_answers_401(registry, ca_pem):
     status, _ = https_get("/v2/", trusting(ca_pem))
-    assert status == 200
+    assert status == 401
 
 
-def test_the_probe_path_answers(registry, ca_pem):
-    status, _ = https_get("/", trusting(ca_pem))
-    assert status == 200
+def test_wrong_credentials_are_refused(registry, ca_pem, credentials):
+    status, _ = https_get("/v2/", trusting(ca_pem), credentials=(credentials[0], "not-the-password"))
+    assert status == 401
+
+
+def test_the_probe_path_answers_without_credentials(registry, ca_pem, declared):
+    probe = declared.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]["containers"][0]
+    for kind in ("readinessProbe", "livenessProbe"):
+        status, _ = https_get(probe[kind]["httpGet"]["path"], trusting(ca_pem))
+        assert status == 200, kind
 
 
 def test_every_declared_name_verifies(registry, ca_pem):
     for name in (HOSTNAME, "other.cube.test", REGISTRY_IP):
-        assert https_get("/v2/", trusting(ca_pem), server_hostname=name)[0] == 200, name
+        assert https_get("/", trusting(ca_pem), server_hostname=name)[0] == 200, name
 
 
 def test_a_name_outside_the_certificate_is_refused(registry, ca_pem):
     with pytest.raises(ssl.SSLCertVerificationError, match="match"):
-        https_get("/v2/", trusting(ca_pem), server_hostname="registry.elsewhere.test")
+        https_get("/", trusting(ca_pem), server_hostname="registry.elsewhere.test")
 
 
 def test_a_client_that_does_not_trust_the_certificate_is_refused(registry):
     with pytest.raises(ssl.SSLCertVerificationError, match="self.signed|unable to get local issuer"):
-        https_get("/v2/", ssl.create_default_context())
+        https_get("/", ssl.create_default_context())
 
 
-def test_skopeo_pushes_an_image_and_the_catalog_lists_it(registry, ca_pem, client, tmp_path):
-    layout = build_oci_layout(tmp_path / "image", "1.0", b"hello from the cube\n")
-    cert_dir = tmp_path / "certs.d"
-    cert_dir.mkdir()
-    (cert_dir / "ca.crt").write_text(ca_pem)
+@pytest.fixture
+def cert_dir(ca_pem, tmp_path):
+    """What skopeo and Docker read: a directory with the CA as ca.crt."""
+    directory = tmp_path / "certs.d"
+    directory.mkdir()
+    (directory / "ca.crt").write_text(ca_pem)
+    return directory
+
+
+def test_an_anonymous_push_is_refused_with_401(registry, client, cert_dir, tmp_path):
+    layout = build_oci_layout(tmp_path / "image", "1.0", b"anonymous\n")
     pushed = skopeo_copy(
-        f"oci:{layout}:1.0", f"docker://{HOSTNAME}:5000/demo/hello:1.0",
+        f"oci:{layout}:1.0", f"docker://{HOSTNAME}:5000/demo/anonymous:1.0",
         extra_args=["--dest-cert-dir", str(cert_dir)], run=client.run_local,
     )
+    assert pushed.returncode != 0
+    assert b"authentication required" in pushed.stderr or b"401" in pushed.stderr, pushed.stderr
+
+
+def test_skopeo_pushes_with_the_generated_credentials_and_the_catalog_lists_it(
+    registry, ca_pem, credentials, client, cert_dir, tmp_path
+):
+    layout = build_oci_layout(tmp_path / "image", "1.0", b"hello from the cube\n")
+    pushed = skopeo_copy(
+        f"oci:{layout}:1.0", f"docker://{HOSTNAME}:5000/demo/hello:1.0",
+        extra_args=["--dest-cert-dir", str(cert_dir), "--dest-creds", ":".join(credentials)], run=client.run_local,
+    )
     assert pushed.returncode == 0, pushed.stderr.decode() + registry.log()
-    status, body = https_get("/v2/_catalog", trusting(ca_pem))
+    status, body = https_get("/v2/_catalog", trusting(ca_pem), credentials=credentials)
     assert status == 200 and json.loads(body)["repositories"] == ["demo/hello"]
     status, _ = https_get(
         f"/v2/demo/hello/manifests/{manifest_digest(layout, '1.0')}",
         trusting(ca_pem),
         accept="application/vnd.oci.image.manifest.v1+json",
+        credentials=credentials,
     )
     assert status == 200
     assert any(registry.volume_path("/var/lib/registry").rglob("data")), "images must land on the volume"
 
 
-def test_skopeo_without_the_certificate_is_refused(registry, client, tmp_path):
+def test_skopeo_without_the_certificate_is_refused(registry, client, credentials, tmp_path):
     layout = build_oci_layout(tmp_path / "image", "1.0", b"untrusted\n")
-    pushed = skopeo_copy(f"oci:{layout}:1.0", f"docker://{HOSTNAME}:5000/demo/untrusted:1.0", run=client.run_local)
+    pushed = skopeo_copy(
+        f"oci:{layout}:1.0", f"docker://{HOSTNAME}:5000/demo/untrusted:1.0",
+        extra_args=["--dest-creds", ":".join(credentials)], run=client.run_local,
+    )
     assert pushed.returncode != 0
     assert b"certificate signed by unknown authority" in pushed.stderr
