@@ -45,7 +45,7 @@ _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
 _QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _IMAGE_REFERENCE = re.compile(
     r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
-    r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[a-f0-9]{64})?$"
+    r"((:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})(@sha256:[a-f0-9]{64})?|@sha256:[a-f0-9]{64})$"
 )
 _POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _HTPASSWD_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -331,6 +331,8 @@ def _parse_node(index: int, entry: Any) -> NodeSettings:
     host = entry.get("host")
     if not isinstance(host, str) or not host.strip():
         _fail(f"{where}: host is empty; give the node's address or DNS name")
+    if not _is_address_or_dns_name(host.strip()):
+        _fail(f"{where}: host {host!r} is not an address or DNS name; put the user in user and the port in port")
     try:
         port = parse_int(1, 65535, "an SSH port")("", entry.get("port", DEFAULT_SSH_PORT))
     except _Invalid as invalid:
@@ -352,6 +354,15 @@ def _parse_node(index: int, entry: Any) -> NodeSettings:
         role=role,
         host_key=_key_type_and_body(host_key) if host_key else None,
     )
+
+
+def _is_address_or_dns_name(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        labels = host.rstrip(".").split(".")
+        return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
 
 
 def _key_type_and_body(host_key: str) -> str:

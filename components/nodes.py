@@ -3,6 +3,11 @@
 One ``NodeConfiguration`` per node, each with three independent steps (trust store,
 /etc/hosts, k3s registries.yaml) run over SSH by pulumi-command. Nodes never depend on one
 another, so ``pulumi up --continue-on-error`` configures every reachable node when one is down.
+
+pulumi-command cannot read a node back, so each step also has an observation
+(components/drift.py) that a refresh re-reads: when someone changed the node behind
+Pulumi's back, the observation differs, its repair count rises, and that count is part of
+the step's command text, so the next `up` re-runs exactly that step.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from typing import Optional
 import pulumi
 import pulumi_command as command
 
-from . import node_scripts
+from . import drift, drift_probes, node_scripts
 from .config import NodeAccessSettings, NodeSettings, RegistrySettings
 from .node_scripts import NodeTarget, as_command
 
@@ -59,13 +64,32 @@ class NodeConfiguration(pulumi.ComponentResource):
         anchor = pulumi.Output.from_input(args.trust_anchor_pem)
 
         def step(
-            role: str, create: pulumi.Input[str], delete: str, stdin: Optional[pulumi.Input[str]] = None
+            role: str,
+            create: pulumi.Input[str],
+            delete: str,
+            probe: pulumi.Input[str],
+            stdin: Optional[pulumi.Input[str]] = None,
         ) -> command.remote.Command:
+            # The observation must not depend on the Command: the Command reads its repairs.
+            observed = drift.observe_step(
+                f"{name}-{role}-observed",
+                host=node.host,
+                port=node.port,
+                user=node.user,
+                private_key=args.ssh_private_key,
+                host_key=node.host_key,
+                probe=probe,
+                probe_stdin=stdin,
+                parent=self,
+            )
+            text = pulumi.Output.all(create, observed.repairs).apply(
+                lambda values: drift.with_repairs(values[0], values[1])
+            )
             return command.remote.Command(
                 f"{name}-{role}",
                 connection=connection,
-                create=create,
-                update=create,
+                create=text,
+                update=text,
                 delete=delete,
                 # Secrets travel on stdin: the provider prints the command text when it fails.
                 stdin=stdin,
@@ -79,6 +103,7 @@ class NodeConfiguration(pulumi.ComponentResource):
             "trust",
             anchor.apply(lambda pem: as_command(node_scripts.trust_install_script(target, pem), node.user)),
             as_command(node_scripts.trust_remove_script(target), node.user),
+            probe=anchor.apply(lambda pem: drift_probes.trust_probe_script(target, pem)),
         )
         self.hosts = step(
             "hosts",
@@ -86,6 +111,7 @@ class NodeConfiguration(pulumi.ComponentResource):
                 node_scripts.hosts_install_script(target, registry.hostname, registry.load_balancer_ip), node.user
             ),
             as_command(node_scripts.hosts_remove_script(target), node.user),
+            probe=drift_probes.hosts_probe_script(target, registry.hostname, registry.load_balancer_ip),
         )
         self.registries = step(
             "k3s",
@@ -96,6 +122,7 @@ class NodeConfiguration(pulumi.ComponentResource):
                 )
             ),
             as_command(node_scripts.registries_remove_script(target, registry.address, args.restart_k3s), node.user),
+            probe=anchor.apply(lambda pem: drift_probes.registries_probe_script(target, registry.address, pem)),
             stdin=args.registry_credentials,
         )
         self.register_outputs({})

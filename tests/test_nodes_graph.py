@@ -39,8 +39,26 @@ def test_no_node_step_depends_on_another_nodes_resources(cluster):
     for node in ("control01", "cube01"):
         for step in steps_of(cluster, node).values():
             for dependency in step.dependencies:
-                assert not by_urn[dependency].type.startswith("command:"), (step.name, dependency)
-                assert not by_urn[dependency].name.startswith("nodes-"), (step.name, dependency)
+                other = by_urn[dependency]
+                assert not other.type.startswith("command:"), (step.name, dependency)
+                if other.name.startswith("nodes-"):
+                    assert other.name == f"{step.name}-observed", (step.name, dependency)
+
+
+def test_every_step_has_its_own_drift_observation_of_the_same_node(cluster):
+    observations = {r.name: r for r in cluster.resources if r.type.endswith(":NodeStepObservation")}
+    for node in ("control01", "cube01"):
+        for name, step in steps_of(cluster, node).items():
+            observation = observations.pop(f"{step.name}-observed")
+            assert observation.parent == step.parent
+            assert observation.inputs["connection"]["host"] == step.inputs["connection"]["host"]
+            assert observation.inputs["connection"]["user"] == step.inputs["connection"]["user"]
+            assert observation.inputs["expected"] == "in-sync"
+            by_urn = {r.urn: r for r in cluster.resources}
+            assert not any(by_urn[d].type.startswith("command:") for d in observation.dependencies), (
+                "an observation never waits for a command"
+            )
+    assert observations == {}
 
 
 def test_connection_uses_each_nodes_host_port_user_and_pinned_host_key(cluster):
