@@ -42,10 +42,6 @@ def scanner_exceptions(settings: RegistrySettings) -> dict[str, str]:
         # An edge cluster must be able to restart its registry during an internet outage.
         "CKV_K8S_15=IfNotPresent on purpose: the registry pod must restart without internet access;"
         " the image is pinned (a tag by default, or a digest via the image setting)",
-        # TODO(owner of registry.py): declare a NetworkPolicy (ingress TCP 5000 from anywhere,
-        # no egress) next to the Deployment, then drop this exception.
-        "CKV2_K8S_6=no NetworkPolicy yet: ingress to the registry port must stay open to every node"
-        " and pushing client; an egress-deny policy is a planned follow-up",
     ]
     if "@sha256:" not in settings.image:
         reasons.insert(0, "CKV_K8S_43=the image is the pinned tag from the image setting;"
@@ -251,6 +247,32 @@ def create_deployment(
                 ),
                 spec=pod_spec,
             ),
+        ),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def create_network_policy(
+    name: str, namespace: pulumi.Input[str], parent: pulumi.Resource
+) -> k8s.networking.v1.NetworkPolicy:
+    """The registry port is open to every client and node; the pod itself reaches nothing.
+
+    The registry needs no outbound connection (filesystem storage, no notifications), so a
+    compromised pod cannot reach the rest of the network. k3s enforces NetworkPolicies with
+    its embedded kube-router.
+    """
+    return k8s.networking.v1.NetworkPolicy(
+        f"{name}-network-policy",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=object_labels(name)),
+        spec=k8s.networking.v1.NetworkPolicySpecArgs(
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=pod_labels(name)),
+            policy_types=["Ingress", "Egress"],
+            ingress=[
+                k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                    ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=CONTAINER_PORT, protocol="TCP")]
+                )
+            ],
+            egress=[],
         ),
         opts=pulumi.ResourceOptions(parent=parent),
     )

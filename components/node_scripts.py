@@ -60,27 +60,54 @@ fail() {
 }
 """
 
-# replace_file TARGET DEFAULT_MODE SOURCE: gives TARGET the content of SOURCE and sets $changed
-# to yes or no. Writes a temporary file beside TARGET and renames it over, so a reader sees
-# the old or the new file, never a mix; a bind-mounted file (containers, LXC) refuses the
-# rename and is rewritten in place. An existing TARGET keeps its mode.
-REPLACE_FILE_FUNCTION = """\
+# Temporary files are named after their target, so a run cut short leaves nothing the next run
+# does not remove: .k3s-registry.<target name>.<random> beside the target.
+REMOVE_STALE_TEMPS_FUNCTION = """\
+remove_stale_temps() {
+  rm -f "$(dirname "$1")/.k3s-registry.$(basename "$1")."*
+}
+"""
+
+# An in-place rewrite (below) cannot be atomic: cut short between the truncation and the end of
+# the write, it leaves the file torn. A copy of the old content is therefore put beside the
+# file (atomically) first and removed only once the write is complete; every script that reads
+# or writes such a file first puts a left-over copy back, so it is entirely old again.
+RESTORE_INTERRUPTED_FUNCTION = """\
+restore_interrupted() {
+  backup="$(dirname "$1")/.k3s-registry-backup.$(basename "$1")"
+  if [ -e "$backup" ]; then
+    cat "$backup" > "$1"
+    rm -f "$backup"
+  fi
+}
+"""
+
+# replace_file TARGET DEFAULT_MODE SOURCE [exact]: gives TARGET the content of SOURCE and sets
+# $changed to yes or no. Writes a temporary file beside TARGET and renames it over, so a reader
+# sees the old or the new file, never a mix; a bind-mounted file (containers, LXC) refuses the
+# rename and is rewritten in place, with a rollback copy (see restore_interrupted). An existing
+# TARGET keeps its mode, unless "exact": then the new content never has any other mode.
+REPLACE_FILE_FUNCTION = REMOVE_STALE_TEMPS_FUNCTION + """\
 replace_file() {
   target=$1
   mode=$2
+  remove_stale_temps "$target"
   if [ -e "$target" ] && cmp -s "$3" "$target"; then
     changed=no
     return 0
   fi
-  if [ -e "$target" ]; then mode=$(stat -c %a "$target"); fi
+  if [ -e "$target" ] && [ "${4:-}" != exact ]; then mode=$(stat -c %a "$target"); fi
   target_dir=$(dirname "$target")
   mkdir -p "$target_dir"
-  tmp=$(mktemp "$target_dir/.k3s-registry.XXXXXX")
+  tmp=$(mktemp "$target_dir/.k3s-registry.$(basename "$target").XXXXXX")
   cat "$3" > "$tmp"
   chmod "$mode" "$tmp"
   if ! mv -f "$tmp" "$target" 2>/dev/null; then
+    backup="$target_dir/.k3s-registry-backup.$(basename "$target")"
+    cp -p "$target" "$target_dir/.k3s-registry.$(basename "$target").backup"
+    mv -f "$target_dir/.k3s-registry.$(basename "$target").backup" "$backup"
     cat "$tmp" > "$target"
-    rm -f "$tmp"
+    rm -f "$backup" "$tmp"
   fi
   if command -v restorecon >/dev/null 2>&1; then restorecon "$target" 2>/dev/null || true; fi
   changed=yes
@@ -173,14 +200,21 @@ def _signature_line(certificate_pem: str) -> str:
 def trust_remove_script(target: NodeTarget) -> str:
     """Removes the certificate again; the trust store is rebuilt without it."""
     return (
-        _header(target)
+        _header(target, REMOVE_STALE_TEMPS_FUNCTION)
         + _trust_store_detection()
         + f"""\
 anchor="$anchors/"{q(target.anchor_file_name)}
-if [ -e "$anchor" ]; then
+# Recorded before the removal, so a run cut short before the rebuild still rebuilds next time.
+pending={q(STATE_ROOT)}/{q(target.instance_id + "-trust.removing")}
+remove_stale_temps "$anchor"
+if [ -e "$anchor" ] || [ -e "$pending" ]; then
+  mkdir -p {q(STATE_ROOT)}
+  : > "$pending"
   rm -f "$anchor"
   refresh_trust
   announce_removal {q(target.anchor_file_name)}
+  rm -f "$pending"
+  rmdir {q(STATE_ROOT)} 2>/dev/null || true
   echo "trust store: certificate removed"
 else
   echo "trust store: nothing to remove"
@@ -212,10 +246,11 @@ def hosts_install_script(target: NodeTarget, hostname: str, ip_address: str) -> 
     """Maps the registry's name to its address in /etc/hosts: one managed line, nothing else touched."""
     line = f"{ip_address}\t{hostname}\t{target.hosts_marker}"
     return (
-        _header(target, REPLACE_FILE_FUNCTION, _HOSTS_REWRITE_FUNCTION)
+        _header(target, REPLACE_FILE_FUNCTION, RESTORE_INTERRUPTED_FUNCTION, _HOSTS_REWRITE_FUNCTION)
         + f"""\
 hosts={q(HOSTS_FILE)}
 marker={q(target.hosts_marker)}
+restore_interrupted "$hosts"
 [ -e "$hosts" ] || : > "$hosts"
 {{ printf '%s\\n' {q(line)}; hosts_without_ours; }} > "$work/hosts"
 replace_file "$hosts" 644 "$work/hosts"
@@ -227,10 +262,11 @@ echo "/etc/hosts: $changed"
 def hosts_remove_script(target: NodeTarget) -> str:
     """Removes the managed line; the rest of /etc/hosts is left exactly as it is."""
     return (
-        _header(target, REPLACE_FILE_FUNCTION, _HOSTS_REWRITE_FUNCTION)
+        _header(target, REPLACE_FILE_FUNCTION, RESTORE_INTERRUPTED_FUNCTION, _HOSTS_REWRITE_FUNCTION)
         + f"""\
 hosts={q(HOSTS_FILE)}
 marker={q(target.hosts_marker)}
+restore_interrupted "$hosts"
 if [ -e "$hosts" ]; then
   hosts_without_ours > "$work/hosts"
   replace_file "$hosts" 644 "$work/hosts"
@@ -324,10 +360,11 @@ registries_changed=no
 if [ ! -e "$registries" ] || ! cmp -s "$work/registries" "$registries"; then
   # Recorded before the write, so a run cut short after it still restarts k3s next time.
   : > "$state/restart-pending"
-  replace_file "$registries" 600 "$work/registries"
+  # It may hold the registry's password: root only, whatever mode an older file had, from the
+  # moment the content is there (the mode is set before the rename).
+  replace_file "$registries" 600 "$work/registries" exact
   registries_changed=yes
 fi
-# It may hold the registry's password: root only, whatever mode an older file had.
 if [ "$(stat -c %a "$registries")" != 600 ]; then chmod 600 "$registries"; fi
 replace_file "$state/written" 600 "$registries"
 printf '%s\\n' "$address" > "$work/address"
@@ -347,18 +384,24 @@ def registries_remove_script(target: NodeTarget, address: str, restart: bool) ->
         _registries_common(target, restart)
         + f"""\
 rm -f "$ca_file"
+remove_stale_temps "$ca_file"
+remove_stale_temps "$registries"
 if [ ! -d "$state" ]; then
   echo "registries.yaml: nothing to undo"
   exit 0
 fi
 registries_changed=no
-if [ -e "$state/written" ] && [ -e "$registries" ] && cmp -s "$state/written" "$registries"; then
+if [ -e "$state/original" ] && [ -e "$registries" ] && cmp -s "$state/original" "$registries"; then
+  # Given back already (by a run cut short after the write): at most its mode is left to do.
+  chmod "$(stat -c %a "$state/original")" "$registries"
+elif [ -e "$state/written" ] && [ -e "$registries" ] && cmp -s "$state/written" "$registries"; then
+  # Recorded before the write, so a run cut short after it still restarts k3s next time.
+  : > "$state/restart-pending"
   if [ -e "$state/original-absent" ]; then
     rm -f "$registries"
     registries_changed=yes
   elif [ -e "$state/original" ]; then
-    replace_file "$registries" 600 "$state/original"
-    chmod "$(stat -c %a "$state/original")" "$registries"
+    replace_file "$registries" "$(stat -c %a "$state/original")" "$state/original" exact
     registries_changed=$changed
   fi
 elif [ -e "$registries" ]; then
@@ -369,9 +412,11 @@ elif [ -e "$registries" ]; then
     edit_registries unmerge "$work/without-current" "$(cat "$state/address")" > "$work/registries"
   fi
   if [ -e "$state/original-absent" ] && [ ! -s "$work/registries" ]; then
+    : > "$state/restart-pending"
     rm -f "$registries"
     registries_changed=yes
-  else
+  elif ! cmp -s "$work/registries" "$registries"; then
+    : > "$state/restart-pending"
     replace_file "$registries" 600 "$work/registries"
     registries_changed=$changed
   fi

@@ -74,6 +74,7 @@ class Registry(pulumi.ComponentResource):
             parent=self,
         )
         self.service = cluster.create_service(name, settings, namespace_name, parent=self)
+        cluster.create_network_policy(name, namespace_name, parent=self)
 
         self.address = pulumi.Output.from_input(settings.address)
         self.trust_anchor_pem = certificates.trust_anchor_pem

@@ -22,7 +22,7 @@ def manifests(request):
 
 def kinds_for(config_name):
     secrets = ["Secret"] if CONFIGS[config_name].get("auth") == "false" else ["Secret", "Secret"]
-    return sorted(["Deployment", "Namespace", "PersistentVolumeClaim", "Service", *secrets])
+    return sorted(["Deployment", "Namespace", "NetworkPolicy", "PersistentVolumeClaim", "Service", *secrets])
 
 
 def test_the_program_declares_every_kind(manifests, request):

@@ -40,7 +40,10 @@ def test_every_object_is_a_child_of_the_registry_component(guide):
     component = guide.one("k3s-registry:index:Registry")
     cluster_side = [r for r in guide.resources if r.type.startswith(("kubernetes:", "tls:"))]
     cluster_side += guide.of_type(PASSWORD)
-    assert {r.type for r in cluster_side} == {DEPLOYMENT, SERVICE, SECRET, CLAIM, NAMESPACE, KEY, CA, CSR, CERT, PASSWORD}
+    assert {r.type for r in cluster_side} == {
+        DEPLOYMENT, SERVICE, SECRET, CLAIM, NAMESPACE, KEY, CA, CSR, CERT, PASSWORD,
+        "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+    }
     for resource in cluster_side:
         assert resource.parent == component.urn, resource.name
         assert resource.name.startswith(f"{component.name}-"), resource.name
@@ -211,6 +214,16 @@ def test_service_selects_the_pods_and_asks_metallb_for_the_ip(guide):
     assert service["spec"]["type"] == "LoadBalancer"
     assert service["metadata"]["annotations"] == {"metallb.universe.tf/loadBalancerIPs": "192.168.0.202"}
     assert "loadBalancerIP" not in service["spec"]
+
+
+def test_network_policy_opens_only_the_registry_port_and_no_egress(guide):
+    policy = guide.one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs
+    template_labels = guide.one(DEPLOYMENT).inputs["spec"]["template"]["metadata"]["labels"]
+    assert policy["metadata"]["namespace"] == "docker-registry"
+    assert policy["spec"]["podSelector"] == {"matchLabels": template_labels}
+    assert sorted(policy["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": container(guide)["ports"][0]["containerPort"], "protocol": "TCP"}]}]
+    assert policy["spec"].get("egress", []) == []
 
 
 def test_service_port_is_configured_and_targets_the_container_port(guide):
