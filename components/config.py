@@ -189,12 +189,21 @@ def parse_bool(_key: str, value: Any) -> bool:
     return False
 
 
-def parse_hostname(_key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        _fail(f"must be a DNS name such as registry.example.lan, got {value!r}")
-    name = value.strip().rstrip(".").lower()
-    _check_dns_name(name, allow_wildcard=False)
-    return name
+def dns_name_parser(*, allow_wildcard: bool, expectation: str) -> Callable[[str, Any], str]:
+    """Parses one DNS name, normalised (trimmed, no final dot, lower case)."""
+
+    def parse(_key: str, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            _fail(f"{expectation}, got {value!r}")
+        name = value.strip().rstrip(".").lower()
+        _check_dns_name(name, allow_wildcard=allow_wildcard)
+        return name
+
+    return parse
+
+
+parse_hostname = dns_name_parser(allow_wildcard=False, expectation="must be a DNS name such as registry.example.lan")
+parse_dns_name_or_wildcard = dns_name_parser(allow_wildcard=True, expectation="entries must be DNS names")
 
 
 def parse_ip(_key: str, value: Any) -> str:
@@ -226,14 +235,6 @@ def parse_string_list(item: Callable[[str, Any], str]) -> Callable[[str, Any], t
         return tuple(item(key, element) for element in value)
 
     return parse
-
-
-def parse_dns_name_or_wildcard(_key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        _fail(f"entries must be DNS names, got {value!r}")
-    name = value.strip().rstrip(".").lower()
-    _check_dns_name(name, allow_wildcard=True)
-    return name
 
 
 def parse_namespace(_key: str, value: Any) -> str:
@@ -361,8 +362,12 @@ def _is_address_or_dns_name(host: str) -> bool:
         ipaddress.ip_address(host)
         return True
     except ValueError:
-        labels = host.rstrip(".").split(".")
-        return len(host) <= 253 and all(_HOST_LABEL.match(label) for label in labels)
+        pass
+    try:
+        _check_dns_name(host.rstrip("."), allow_wildcard=False)
+        return True
+    except _Invalid:
+        return False
 
 
 def _key_type_and_body(host_key: str) -> str:

@@ -61,14 +61,14 @@ def trust_probe_script(target: NodeTarget, certificate_pem: str) -> str:
     The OS detection is the install script's own, so probe and install agree on the paths; its
     helper functions (refresh_trust, announce_removal) are defined there but never called here.
     """
-    pem = node_scripts._with_final_newline(certificate_pem)
+    pem = node_scripts.with_final_newline(certificate_pem)
     return (
         _probe_header(target)
-        + node_scripts._trust_store_detection()
+        + node_scripts.trust_store_detection()
         + f"anchor=\"$anchors/\"{q(target.anchor_file_name)}\n"
         + _same_bytes_check("anchor", pem, "trust store: certificate file")
         + f"""\
-if ! grep -qxF {q(node_scripts._signature_line(certificate_pem))} "$bundle" 2>/dev/null; then
+if ! grep -qxF {q(node_scripts.signature_line(certificate_pem))} "$bundle" 2>/dev/null; then
   drift "trust store: the system bundle $bundle does not contain the certificate"
 fi
 report
@@ -203,7 +203,7 @@ ca_file={q(target.k3s_ca_file)}
 registries={q(REGISTRIES_YAML)}
 address={q(address)}
 """
-        + _same_bytes_check("ca_file", node_scripts._with_final_newline(ca_pem), "k3s: CA file")
+        + _same_bytes_check("ca_file", node_scripts.with_final_newline(ca_pem), "k3s: CA file")
         + f"""\
 if [ ! -e "$registries" ]; then
   drift "registries.yaml is missing"

@@ -127,7 +127,7 @@ def _header(target: NodeTarget, *functions: str) -> str:
 
 # ----------------------------------------------------------------------------- trust store
 
-def _trust_store_detection() -> str:
+def trust_store_detection() -> str:
     return f"""\
 if [ -r /etc/os-release ]; then
   # shellcheck source=/dev/null
@@ -176,12 +176,12 @@ def trust_install_script(target: NodeTarget, certificate_pem: str) -> str:
     """Adds the registry's public certificate to the OS trust store."""
     return (
         _header(target, REPLACE_FILE_FUNCTION)
-        + _trust_store_detection()
+        + trust_store_detection()
         + f"""\
-printf '%s' {q(_with_final_newline(certificate_pem))} > "$work/anchor"
+printf '%s' {q(with_final_newline(certificate_pem))} > "$work/anchor"
 replace_file "$anchors/"{q(target.anchor_file_name)} 644 "$work/anchor"
 # Also rebuilds when a run was cut short between writing the file and rebuilding the bundle.
-if [ "$changed" = yes ] || ! grep -qxF {q(_signature_line(certificate_pem))} "$bundle" 2>/dev/null; then
+if [ "$changed" = yes ] || ! grep -qxF {q(signature_line(certificate_pem))} "$bundle" 2>/dev/null; then
   refresh_trust
   echo "trust store: certificate installed"
 else
@@ -191,7 +191,7 @@ fi
     )
 
 
-def _signature_line(certificate_pem: str) -> str:
+def signature_line(certificate_pem: str) -> str:
     """The last full base64 line: it holds signature bytes, so no other certificate has it."""
     lines = [line for line in certificate_pem.strip().splitlines() if len(line) == 64]
     return lines[-1]
@@ -201,7 +201,7 @@ def trust_remove_script(target: NodeTarget) -> str:
     """Removes the certificate again; the trust store is rebuilt without it."""
     return (
         _header(target, REMOVE_STALE_TEMPS_FUNCTION)
-        + _trust_store_detection()
+        + trust_store_detection()
         + f"""\
 anchor="$anchors/"{q(target.anchor_file_name)}
 # Recorded before the removal, so a run cut short before the rebuild still rebuilds next time.
@@ -350,7 +350,7 @@ if [ ! -e "$state/original" ] && [ ! -e "$state/original-absent" ]; then
     : > "$state/original-absent"
   fi
 fi
-printf '%s' {q(_with_final_newline(ca_pem))} > "$work/ca"
+printf '%s' {q(with_final_newline(ca_pem))} > "$work/ca"
 replace_file "$ca_file" 644 "$work/ca"
 echo "registry CA file for k3s: $changed"
 old_address=
@@ -447,5 +447,5 @@ def as_command(script: str, user: str) -> str:
     return command if user == "root" else f"sudo -n {command}"
 
 
-def _with_final_newline(text: str) -> str:
+def with_final_newline(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"

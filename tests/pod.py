@@ -8,7 +8,9 @@ thing the test adds is the listen address, which a pod gets from its network nam
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 from typing import Any
 
 from harness import Evaluation
@@ -65,3 +67,13 @@ def start_registry_pod(evaluation: Evaluation, workdir: Path, listen_ip: str) ->
     # A pod listens on all of its own addresses; here the "pod" shares the loopback network.
     env["REGISTRY_HTTP_ADDR"] = f"{listen_ip}:{port}"
     return start_registry(workdir, listen_ip=listen_ip, port=port, env=env, **settings)
+
+
+@contextlib.contextmanager
+def registry_pod(evaluation: Evaluation, workdir: Path, listen_ip: str) -> Iterator[RunningRegistry]:
+    """The registry pod for the length of a ``with`` block (a fixture's lifetime)."""
+    running = start_registry_pod(evaluation, workdir, listen_ip)
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -13,7 +13,7 @@ import yaml
 
 from harness import evaluate
 from nodebed import file_times, node_steps, run_phase, run_step
-from pod import start_registry_pod
+from pod import registry_pod
 from testbed.oci import build_oci_layout, skopeo_copy
 from testbed.sshnodes import DEFAULT_MANAGED_PATHS, start_node
 
@@ -51,9 +51,8 @@ def declared():
 
 @pytest.fixture(scope="module")
 def registry(declared, tmp_path_factory):
-    running = start_registry_pod(declared, tmp_path_factory.mktemp("registry-pod"), REGISTRY_IP)
-    yield running
-    running.stop()
+    with registry_pod(declared, tmp_path_factory.mktemp("registry-pod"), REGISTRY_IP) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import ssl
 import pytest
 
 from harness import evaluate
-from pod import registry_pod_settings, start_registry_pod
+from pod import registry_pod, registry_pod_settings
 from testbed.oci import build_oci_layout, manifest_digest, skopeo_copy
 from testbed.sshnodes import start_node
 
@@ -33,9 +33,8 @@ def ca_pem(declared):
 
 @pytest.fixture(scope="module")
 def registry(declared, tmp_path_factory):
-    running = start_registry_pod(declared, tmp_path_factory.mktemp("registry-pod"), REGISTRY_IP)
-    yield running
-    running.stop()
+    with registry_pod(declared, tmp_path_factory.mktemp("registry-pod"), REGISTRY_IP) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
