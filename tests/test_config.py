@@ -167,3 +167,20 @@ def test_project_file_declares_every_scalar_and_list_key_with_its_default():
         else:
             assert "default" not in entry, key
     assert declared["sshPrivateKey"]["secret"] is True
+
+
+def test_project_file_keeps_state_local_and_refreshes_before_every_operation():
+    project = yaml.safe_load((PROJECT_DIR / "Pulumi.yaml").read_text())
+    assert project["name"] == "k3s-registry"
+    assert project["runtime"] == {"name": "python", "options": {"toolchain": "pip", "virtualenv": "venv"}}
+    assert project["backend"]["url"].startswith("file://")
+    # Drift on nodes is only seen by a refresh (components/drift.py).
+    assert project["options"] == {"refresh": "always"}
+
+
+def test_the_projects_own_shell_scripts_are_shellcheck_clean():
+    import subprocess
+
+    scripts = [PROJECT_DIR / "scripts" / "deploy", PROJECT_DIR / "scripts" / "test", PROJECT_DIR / ".ci" / "run"]
+    result = subprocess.run(["shellcheck", "--severity=style", *map(str, scripts)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
