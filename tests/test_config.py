@@ -1,7 +1,6 @@
 """Stack configuration is validated in one place, with errors that name the key and the fix."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

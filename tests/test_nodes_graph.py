@@ -48,7 +48,7 @@ def test_no_node_step_depends_on_another_nodes_resources(cluster):
 def test_every_step_has_its_own_drift_observation_of_the_same_node(cluster):
     observations = {r.name: r for r in cluster.resources if r.type.endswith(":NodeStepObservation")}
     for node in ("control01", "cube01"):
-        for name, step in steps_of(cluster, node).items():
+        for step in steps_of(cluster, node).values():
             observation = observations.pop(f"{step.name}-observed")
             assert observation.parent == step.parent
             assert observation.inputs["connection"]["host"] == step.inputs["connection"]["host"]

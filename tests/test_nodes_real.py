@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from harness import evaluate
-from nodebed import file_times, node_steps, run_phase, run_step
+from nodebed import file_times, node_steps, run_phase
 from pod import registry_pod
 from testbed.oci import build_oci_layout, skopeo_copy
 from testbed.sshnodes import DEFAULT_MANAGED_PATHS, start_node

@@ -351,7 +351,7 @@ def _write_node_files(
     log.write_text("")
     log.chmod(0o666)
     _write_init_tool(ndir / "sbin", init, log)
-    for i, (path, data) in enumerate(sorted(extra_files.items())):
+    for i, (_path, data) in enumerate(sorted(extra_files.items())):
         (ndir / "extra" / str(i)).write_bytes(data)
     (ndir / "sshd_config").write_text(
         _SSHD_CONFIG.format(
