@@ -6,12 +6,14 @@ nothing of the scripts is retyped here.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Iterable
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 from harness import Evaluation, Resource
 from testbed.sshexec import ClientKey, ssh_run
-from testbed.sshnodes import TestNode
+from testbed.sshnodes import TestNode, start_node
 
 COMMAND = "command:remote:Command"
 STEPS = ("trust", "hosts", "k3s")
@@ -63,3 +65,30 @@ def file_times(node: TestNode, paths: Iterable[str]) -> dict[str, str]:
     """Modification time of every file below ``paths``: proves that a no-op run rewrote nothing."""
     listing = node.run_local(["find", *paths, "-printf", "%p %T@\\n"]).stdout.decode()
     return dict(line.rsplit(" ", 1) for line in listing.splitlines() if line)
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    ip: str
+    hosts: bytes
+    init: str = "systemd"
+    files: dict[str, bytes] | None = None
+
+
+@contextlib.contextmanager
+def running_nodes(
+    specs: Iterable[NodeSpec], client_key: ClientKey, workdir_for: Callable[[str], Path]
+) -> Iterator[dict[str, TestNode]]:
+    """Real test hosts for the length of a ``with`` block; every one is stopped, even on failure."""
+    started: dict[str, TestNode] = {}
+    try:
+        for spec in specs:
+            started[spec.name] = start_node(
+                spec.name, spec.ip, workdir_for(spec.name), hosts_content=spec.hosts,
+                authorized_pubkey=client_key.public_key_line, init=spec.init, extra_files=spec.files,
+            )
+        yield started
+    finally:
+        for node in started.values():
+            node.stop()

@@ -21,7 +21,7 @@ from components.drift_probes import probe_scripts
 from components.node_scripts import NodeTarget
 from components.nodes import instance_id_for
 from harness import PROJECT, evaluate
-from nodebed import node_steps, run_phase, run_step
+from nodebed import NodeSpec, node_steps, run_phase, run_step, running_nodes
 from testbed.sshnodes import start_node
 
 HOSTNAME = "registry.drift.test"
@@ -74,19 +74,12 @@ def declared():
 
 @pytest.fixture(scope="module")
 def cluster(client_key, tmp_path_factory):
-    started = {}
-    try:
-        for name, spec in NODES.items():
-            started[name] = start_node(
-                name, spec["ip"], tmp_path_factory.mktemp(name), hosts_content=f"127.0.0.1 localhost {name}\n".encode(),
-                authorized_pubkey=client_key.public_key_line, init=spec["init"],
-            )
+    specs = [NodeSpec(name, spec["ip"], f"127.0.0.1 localhost {name}\n".encode(), spec["init"])
+             for name, spec in NODES.items()]
+    with running_nodes(specs, client_key, tmp_path_factory.mktemp) as started:
         for node in started.values():
             assert node.run_local(["update-ca-certificates", "--fresh"]).returncode == 0
         yield started
-    finally:
-        for node in started.values():
-            node.stop()
 
 
 def comparable(snapshot: dict[str, bytes]) -> dict[str, bytes]:

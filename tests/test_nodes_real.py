@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from harness import evaluate
-from nodebed import file_times, node_steps, run_phase
+from nodebed import NodeSpec, file_times, node_steps, run_phase, running_nodes
 from pod import registry_pod
 from testbed.oci import build_oci_layout, skopeo_copy
-from testbed.sshnodes import DEFAULT_MANAGED_PATHS, start_node
+from testbed.sshnodes import DEFAULT_MANAGED_PATHS
 
 HOSTNAME = "registry.cube.test"
 REGISTRY_IP = "127.0.0.203"
@@ -57,21 +57,10 @@ def registry(declared, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(client_key, tmp_path_factory):
-    started = {}
-    try:
-        for name, spec in NODES.items():
-            started[name] = start_node(
-                name, spec["ip"], tmp_path_factory.mktemp(name), hosts_content=spec["hosts"],
-                authorized_pubkey=client_key.public_key_line, init=spec["init"], extra_files=spec["files"],
-            )
-        started["outsider"] = start_node(
-            "outsider", OUTSIDER["ip"], tmp_path_factory.mktemp("outsider"), hosts_content=OUTSIDER["hosts"],
-            authorized_pubkey=client_key.public_key_line,
-        )
+    specs = [NodeSpec(name, spec["ip"], spec["hosts"], spec["init"], spec["files"]) for name, spec in NODES.items()]
+    specs.append(NodeSpec("outsider", OUTSIDER["ip"], OUTSIDER["hosts"]))
+    with running_nodes(specs, client_key, tmp_path_factory.mktemp) as started:
         yield started
-    finally:
-        for node in started.values():
-            node.stop()
 
 
 @pytest.fixture(scope="module")
