@@ -28,8 +28,10 @@ from typing import Any, Optional, Sequence
 import pulumi
 import pulumi.dynamic as dynamic
 
-EXPECTED = "in-sync"
-DRIFT_PREFIX = "drift: "
+from .drift_probes import DRIFT_PREFIX, IN_SYNC
+
+# The probes' vocabulary (components/drift_probes.py): in sync is what every step expects.
+EXPECTED = IN_SYNC
 INPUT_KEYS = ("connection", "probe", "probe_stdin", "expected")
 CONNECT_TIMEOUT = 30.0
 PROBE_TIMEOUT = 120.0

@@ -19,21 +19,22 @@ from .node_scripts import FAIL_FUNCTION, HOSTS_FILE, PREAMBLE, REGISTRIES_YAML, 
 
 IN_SYNC = "in-sync"
 DRIFT_PREFIX = "drift: "
+_DRIFT_FORMAT = DRIFT_PREFIX + "%s\\n"  # for printf
 
 # drift REASON records one finding; report prints the single answer line at the end, so a
 # probe names every drifted item at once instead of stopping at the first.
-_FINDINGS_FUNCTIONS = """\
+_FINDINGS_FUNCTIONS = f"""\
 reasons=
-drift() {
-  reasons="${reasons:+$reasons; }$1"
-}
-report() {
+drift() {{
+  reasons="${{reasons:+$reasons; }}$1"
+}}
+report() {{
   if [ -z "$reasons" ]; then
-    echo in-sync
+    echo {q(IN_SYNC)}
   else
-    printf 'drift: %s\\n' "$reasons"
+    printf {q(_DRIFT_FORMAT)} "$reasons"
   fi
-}
+}}
 """
 
 

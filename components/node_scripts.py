@@ -71,10 +71,11 @@ remove_stale_temps() {
 # An in-place rewrite (below) cannot be atomic: cut short between the truncation and the end of
 # the write, it leaves the file torn. A copy of the old content is therefore put beside the
 # file (atomically) first and removed only once the write is complete; every script that reads
-# or writes such a file first puts a left-over copy back, so it is entirely old again.
+# or writes such a file first puts a left-over copy back, so it is entirely old again. Goes
+# with REPLACE_FILE_FUNCTION, which defines rollback_copy_of.
 RESTORE_INTERRUPTED_FUNCTION = """\
 restore_interrupted() {
-  backup="$(dirname "$1")/.k3s-registry-backup.$(basename "$1")"
+  backup=$(rollback_copy_of "$1")
   if [ -e "$backup" ]; then
     cat "$backup" > "$1"
     rm -f "$backup"
@@ -87,7 +88,14 @@ restore_interrupted() {
 # sees the old or the new file, never a mix; a bind-mounted file (containers, LXC) refuses the
 # rename and is rewritten in place, with a rollback copy (see restore_interrupted). An existing
 # TARGET keeps its mode, unless "exact": then the new content never has any other mode.
-REPLACE_FILE_FUNCTION = REMOVE_STALE_TEMPS_FUNCTION + """\
+# Where an in-place rewrite keeps the old content until it is complete.
+ROLLBACK_COPY_FUNCTION = """\
+rollback_copy_of() {
+  printf '%s/.k3s-registry-backup.%s' "$(dirname "$1")" "$(basename "$1")"
+}
+"""
+
+REPLACE_FILE_FUNCTION = REMOVE_STALE_TEMPS_FUNCTION + ROLLBACK_COPY_FUNCTION + """\
 replace_file() {
   target=$1
   mode=$2
@@ -103,7 +111,7 @@ replace_file() {
   cat "$3" > "$tmp"
   chmod "$mode" "$tmp"
   if ! mv -f "$tmp" "$target" 2>/dev/null; then
-    backup="$target_dir/.k3s-registry-backup.$(basename "$target")"
+    backup=$(rollback_copy_of "$target")
     cp -p "$target" "$target_dir/.k3s-registry.$(basename "$target").backup"
     mv -f "$target_dir/.k3s-registry.$(basename "$target").backup" "$backup"
     cat "$tmp" > "$target"
