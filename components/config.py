@@ -35,6 +35,9 @@ DEFAULT_KEY_ALGORITHM = "RSA"
 DEFAULT_IMAGE = "registry:2.8.3"
 DEFAULT_SSH_PORT = 22
 DEFAULT_SSH_USER = "root"
+# How long a restarted k3s may take to be active again (and, on a server, to answer on the API)
+# before the update stops with that node's name: a Raspberry Pi server needs a minute or two.
+DEFAULT_K3S_RESTART_TIMEOUT = 300
 
 KEY_ALGORITHMS = ("RSA", "ECDSA")
 NODE_ROLES = ("server", "agent")
@@ -49,7 +52,10 @@ _IMAGE_REFERENCE = re.compile(
 )
 _POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _HTPASSWD_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_SSH_PUBLIC_KEY = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*$")
+# Host key types pulumi-command can verify with a signature OpenSSH still accepts. With an
+# ssh-rsa key it offers only SHA-1 ssh-rsa signatures, which OpenSSH 8.8+ refuses by default.
+_SSH_PUBLIC_KEY = re.compile(r"^(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)) [A-Za-z0-9+/]+=*$")
+_REFUSED_HOST_KEY_TYPES = ("ssh-rsa", "ssh-dss")
 
 
 class ConfigError(ValueError):
@@ -113,6 +119,7 @@ class NodeSettings:
 class NodeAccessSettings:
     nodes: tuple[NodeSettings, ...]
     restart_k3s: bool
+    restart_timeout_seconds: int = DEFAULT_K3S_RESTART_TIMEOUT
     # Secret: kept as an Output so it never appears in plain text in state or logs.
     ssh_private_key: Optional[pulumi.Output[str]] = field(default=None, compare=False)
 
@@ -309,7 +316,8 @@ def parse_nodes(key: str, value: Any) -> tuple[NodeSettings, ...]:
         _fail("must be a list of nodes, each {name, host, port, user, role}")
     nodes = tuple(_parse_node(index, entry) for index, entry in enumerate(value))
     _check_unique(nodes, lambda node: node.name, "name")
-    _check_unique(nodes, lambda node: f"{node.host}:{node.port}", "host and port")
+    # DNS names are case-insensitive: CUBE01.lan and cube01.lan are one machine.
+    _check_unique(nodes, lambda node: f"{node.host.lower().rstrip('.')}:{node.port}", "host and port")
     return nodes
 
 
@@ -345,8 +353,14 @@ def _parse_node(index: int, entry: Any) -> NodeSettings:
     if role not in NODE_ROLES:
         _fail(f"{where}: role {role!r} is not known; use server (runs k3s) or agent (runs k3s-agent)")
     host_key = entry.get("hostKey")
+    if isinstance(host_key, str) and host_key.split()[:1] and host_key.split()[0] in _REFUSED_HOST_KEY_TYPES:
+        _fail(
+            f"{where}: hostKey is an {host_key.split()[0]} key; pulumi-command would verify it with SHA-1 "
+            "signatures, which OpenSSH 8.8+ refuses. Pin the node's ed25519 key instead: "
+            f"ssh-keyscan -t ed25519 {host.strip()}"
+        )
     if host_key is not None and (not isinstance(host_key, str) or not _SSH_PUBLIC_KEY.match(_key_type_and_body(host_key))):
-        _fail(f"{where}: hostKey must be the node's public host key, like 'ssh-ed25519 AAAA...'")
+        _fail(f"{where}: hostKey must be the node's ed25519 or ECDSA public host key, like 'ssh-ed25519 AAAA...'")
     return NodeSettings(
         name=name,
         host=host.strip(),
@@ -403,21 +417,33 @@ KNOWN_KEYS = (
     "nodes",
     "sshPrivateKey",
     "restartK3s",
+    "k3sRestartTimeout",
 )
+
+
+SECRET_KEYS = ("sshPrivateKey",)
 
 
 def parse_settings(
     raw: Mapping[str, Optional[str]],
     ssh_private_key: Optional[pulumi.Output[str]] = None,
     now: Optional[dt.datetime] = None,
+    plain_text_keys: tuple[str, ...] = (),
 ) -> StackSettings:
     """Turns raw config strings (key without namespace -> value) into validated settings.
 
     ``now`` places the evaluation in a certificate rotation period (default: the clock).
+    ``plain_text_keys``: keys that must be secrets but were set in plain text.
     """
     read = _Reader(raw)
     for key in sorted(set(raw) - set(KNOWN_KEYS)):
         read.problem(key, f"is not a setting of this program; known settings: {', '.join(KNOWN_KEYS)}")
+    for key in plain_text_keys:
+        read.problem(
+            key,
+            f"is stored in plain text in the stack file; remove it (pulumi config rm {key}) and set it "
+            f"encrypted: pulumi config set --secret {key} < ~/.ssh/id_ed25519",
+        )
 
     hostname = read.required("hostname", parse_hostname, hint="set the registry's DNS name, e.g. registry.cube.local")
     load_balancer_ip = read.required(
@@ -460,9 +486,9 @@ def parse_settings(
         else 0,
     )
     auth_enabled = read.value("auth", parse_bool, True, json_value=False)
+    # The CLI injects Pulumi.yaml's default into every stack, so "set" cannot be told from
+    # "defaulted": with auth off the user name is simply not used.
     auth_username = read.value("authUsername", parse_auth_username, DEFAULT_AUTH_USERNAME, json_value=False)
-    if not auth_enabled and raw.get("authUsername") is not None:
-        read.problem("authUsername", "is set but auth is false; remove authUsername or turn auth on")
     registry = RegistrySettings(
         hostname=hostname or "",
         load_balancer_ip=load_balancer_ip or "",
@@ -478,6 +504,10 @@ def parse_settings(
     node_access = NodeAccessSettings(
         nodes=read.value("nodes", parse_nodes, (), json_value=True),
         restart_k3s=read.value("restartK3s", parse_bool, True, json_value=False),
+        restart_timeout_seconds=read.value(
+            "k3sRestartTimeout", parse_int(5, 3600, "a number of seconds"), DEFAULT_K3S_RESTART_TIMEOUT,
+            json_value=False,
+        ),
         ssh_private_key=ssh_private_key,
     )
     if read.problems:
@@ -491,11 +521,18 @@ def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
 
 def load_settings(config: Optional[pulumi.Config] = None) -> StackSettings:
     """Reads this project's stack configuration from Pulumi and validates it."""
+    from pulumi.runtime import config as runtime_config
+
     config = config or pulumi.Config(PROJECT)
     present = _configured_keys()
-    raw = {key: config.get(key) for key in present if key != "sshPrivateKey"}
+    raw = {key: config.get(key) for key in present if key not in SECRET_KEYS}
     ssh_private_key = config.get_secret("sshPrivateKey") if "sshPrivateKey" in present else None
-    return parse_settings(raw, ssh_private_key)
+    # Pulumi.yaml cannot declare these `secret: true` (the CLI would then require them), so the
+    # check that they were set with --secret is made here.
+    plain_text = tuple(
+        key for key in SECRET_KEYS if key in present and not runtime_config.is_config_secret(f"{PROJECT}:{key}")
+    )
+    return parse_settings(raw, ssh_private_key, plain_text_keys=plain_text)
 
 
 def _configured_keys() -> set[str]:

@@ -207,8 +207,14 @@ def _random_password(inputs: dict[str, Any]) -> dict[str, Any]:
 class ProviderMocks(pulumi.runtime.Mocks):
     """Provider behaviour for every resource type the program declares."""
 
-    def __init__(self, clock: Callable[[], dt.datetime] = _utcnow):
+    def __init__(
+        self,
+        clock: Callable[[], dt.datetime] = _utcnow,
+        dynamic_outputs: Optional[dict[str, dict[str, Any]]] = None,
+    ):
         self.clock = clock
+        # Outputs a real dynamic provider returned (by resource name), as state the next run sees.
+        self.dynamic_outputs = dynamic_outputs or {}
         self.handlers = {
             "tls:index/privateKey:PrivateKey": lambda args: _private_key(normalize(args.inputs)),
             "tls:index/selfSignedCert:SelfSignedCert": self._self_signed,
@@ -254,6 +260,8 @@ class ProviderMocks(pulumi.runtime.Mocks):
             outputs["metadata"] = metadata
         elif args.typ == "command:remote:Command":
             outputs.update({"stdout": "", "stderr": ""})
+        elif args.typ.startswith("pulumi-python:dynamic") and args.name in self.dynamic_outputs:
+            outputs.update(normalize(self.dynamic_outputs[args.name]))
         return [f"{args.name}-id", outputs]
 
     def call(self, args: pulumi_mocks.MockCallArgs):
@@ -278,12 +286,29 @@ async def _settle(value: Any) -> tuple[Any, bool]:
     return normalize(value), False
 
 
-def evaluate(config: dict[str, Any], *, secret_keys: tuple[str, ...] = (), clock=_utcnow, stack: str = "dev") -> Evaluation:
+def evaluate(
+    config: dict[str, Any],
+    *,
+    secret_keys: tuple[str, ...] = (),
+    clock=_utcnow,
+    stack: str = "dev",
+    dynamic_outputs: Optional[dict[str, dict[str, Any]]] = None,
+) -> Evaluation:
     """Runs __main__.py with this config (keys without namespace) and returns what it declared.
 
     Config values that are not strings are passed as JSON, as the Pulumi CLI does.
+    ``dynamic_outputs`` gives dynamic resources (by name) the outputs a real provider returned.
     """
-    return run_function(_run_main, config, secret_keys=secret_keys, clock=clock, stack=stack)
+    raw = {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
+    return run_function(
+        _run_main, raw_config=raw, secret_keys=tuple(f"{PROJECT}:{k}" for k in secret_keys),
+        clock=clock, stack=stack, dynamic_outputs=dynamic_outputs,
+    )
+
+
+def evaluate_raw(raw_config: dict[str, str], *, secret_keys: tuple[str, ...] = (), stack: str = "dev") -> Evaluation:
+    """Runs __main__.py with exactly the config the CLI hands a program: full keys, string values."""
+    return run_function(_run_main, raw_config=raw_config, secret_keys=secret_keys, stack=stack)
 
 
 def _run_main() -> None:
@@ -294,32 +319,38 @@ def run_function(
     program: Callable[[], None],
     config: Optional[dict[str, Any]] = None,
     *,
+    raw_config: Optional[dict[str, str]] = None,
     secret_keys: tuple[str, ...] = (),
     clock=_utcnow,
     stack: str = "dev",
+    dynamic_outputs: Optional[dict[str, dict[str, Any]]] = None,
 ) -> Evaluation:
     """Runs ``program`` (any function declaring resources) under the mocks.
 
+    ``config`` has keys without namespace (non-strings passed as JSON); ``raw_config`` full keys
+    and strings, exactly as the CLI passes them; ``secret_keys`` are full keys either way.
     ``clock`` is both the program's clock (certificate rotation) and the providers' (issue
     dates), so a test can move the whole world to another day.
     """
     from components import rotation
 
+    raw = dict(raw_config or {})
+    raw.update({f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (config or {}).items()})
+    secrets = tuple(key if ":" in key else f"{PROJECT}:{key}" for key in secret_keys)
     program_clock, rotation.utcnow = rotation.utcnow, clock
     try:
-        return contextvars.Context().run(_evaluate, program, config or {}, secret_keys, clock, stack)
+        return contextvars.Context().run(_evaluate, program, raw, secrets, clock, stack, dynamic_outputs)
     finally:
         rotation.utcnow = program_clock
 
 
-def _evaluate(program, config: dict[str, Any], secret_keys, clock, stack: str) -> Evaluation:
+def _evaluate(program, raw: dict[str, str], secret_keys, clock, stack: str, dynamic_outputs) -> Evaluation:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        mocks = ProviderMocks(clock)
+        mocks = ProviderMocks(clock, dynamic_outputs)
         monitor = CapturingMonitor(mocks)
-        raw = {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
-        pulumi.runtime.set_all_config(raw, [f"{PROJECT}:{k}" for k in secret_keys])
+        pulumi.runtime.set_all_config(raw, list(secret_keys))
         pulumi_settings.ROOT.set(None)
         pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
         root = pulumi_settings.get_root_resource()

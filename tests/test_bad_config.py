@@ -25,9 +25,9 @@ BASE: dict[str, Any] = {**GUIDE_CONFIG, "nodes": [CONTROL, CUBE]}
 REMOVE = object()
 """A change that deletes the key from the stack file."""
 
-# sshPrivateKey is a secret whose content is not validated (an OpenSSH, PEM or PKCS#8 key,
-# passed to pulumi-command as it is), so no malformed value of it can fail at preview.
-UNVALIDATED_KEYS = {"sshPrivateKey"}
+# Every key has a mistake that fails at preview (sshPrivateKey's content is passed to
+# pulumi-command as it is; only that it is a secret is checked).
+UNVALIDATED_KEYS: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -155,8 +155,12 @@ MISTAKES = [
             ("'admin:hunter2' is not a usable user name",)),
     Mistake("authUsername-with-space", {"authUsername": "docker admin"}, "authUsername",
             ("is not a usable user name",)),
-    Mistake("authUsername-set-while-auth-false", {"auth": "false", "authUsername": "admin"}, "authUsername",
-            ("is set but auth is false",)),
+    # sshPrivateKey: its content is not checked, but it must be a secret
+    Mistake("sshPrivateKey-in-plain-text", {"sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----"}, "sshPrivateKey",
+            ("is stored in plain text", "pulumi config set --secret sshPrivateKey")),
+    # k3sRestartTimeout
+    Mistake("k3sRestartTimeout-with-unit", {"k3sRestartTimeout": "5m"}, "k3sRestartTimeout", ("must be a whole number",)),
+    Mistake("k3sRestartTimeout-zero", {"k3sRestartTimeout": "0"}, "k3sRestartTimeout", ("0 is out of range",)),
     # image
     Mistake("image-upper-case", {"image": "Registry:2.8.3"}, "image", ("is not an image reference",)),
     Mistake("image-with-space-after-colon", {"image": "registry: 2.8.3"}, "image", ("is not an image reference",)),
@@ -189,7 +193,12 @@ MISTAKES = [
             node="node 'Cube_01'"),
     Mistake("node-name-missing", nodes(node(name=REMOVE)), "nodes", ("name must be",), node="node #2"),
     Mistake("node-hostKey-is-a-fingerprint", nodes(node(hostKey="SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s")),
-            "nodes", ("hostKey must be the node's public host key",), node="node 'cube01'"),
+            "nodes", ("hostKey must be the node's ed25519 or ECDSA public host key",), node="node 'cube01'"),
+    Mistake("node-hostKey-ssh-rsa", nodes(node(hostKey="ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7")), "nodes",
+            ("hostKey is an ssh-rsa key", "OpenSSH 8.8+ refuses", "ssh-keyscan -t ed25519 192.168.0.111"),
+            node="node 'cube01'"),
+    Mistake("nodes-duplicate-host-in-another-case", nodes(node(host="CUBE01.lan"), node(name="cube02", host="cube01.lan.")),
+            "nodes", ("have the same host and port (cube01.lan:2222)",), node="nodes 'cube01' and 'cube02'"),
     Mistake("node-hostKey-type-only", nodes(node(hostKey="ssh-ed25519")), "nodes", ("hostKey must be",),
             node="node 'cube01'"),
     Mistake("node-user-with-space", nodes(node(user="pi user")), "nodes", ("user 'pi user' is not a valid login name",),
