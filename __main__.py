@@ -18,6 +18,7 @@ nodes = ClusterNodes(
         instance_id=instance_id_for(pulumi.get_project(), pulumi.get_stack()),
         username=registry.username,
         password=registry.password,
+        restart_after=registry.workloads,
     ),
 )
 

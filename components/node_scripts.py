@@ -28,6 +28,11 @@ class NodeTarget:
     node_name: str
     role: str
     instance_id: str
+    owner: str = ""
+    """Which resource manages the steps (its parent's URN): a delete leaves a step another owns."""
+
+    def owner_file(self, step: str) -> str:
+        return f"{STATE_ROOT}/{self.instance_id}-{step}.owner"
 
     @property
     def state_dir(self) -> str:
@@ -100,6 +105,7 @@ replace_file() {
   target=$1
   mode=$2
   remove_stale_temps "$target"
+  # shellcheck disable=SC2034  # read by the scripts that report it
   if [ -e "$target" ] && cmp -s "$3" "$target"; then
     changed=no
     return 0
@@ -118,6 +124,7 @@ replace_file() {
     rm -f "$backup" "$tmp"
   fi
   if command -v restorecon >/dev/null 2>&1; then restorecon "$target" 2>/dev/null || true; fi
+  # shellcheck disable=SC2034  # read by the scripts that report it
   changed=yes
 }
 """
@@ -126,6 +133,33 @@ replace_file() {
 WORK_DIR = """\
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+"""
+
+
+# A URN change (a node renamed in the stack, steps moved under a new parent) is not a
+# replacement: the engine runs the new resource's create first and the old one's delete at the
+# end of the update, on the same host. Each create therefore records its owner, and a delete
+# undoes a step only while the step is still its own (or nobody's: state from before owners).
+def _ownership(target: NodeTarget, step: str) -> str:
+    return f"""\
+# shellcheck disable=SC2016  # a URN, literal on purpose
+owner={q(target.owner)}
+owner_file={q(target.owner_file(step))}
+claim_step() {{
+  mkdir -p {q(STATE_ROOT)}
+  printf '%s\\n' "$owner" > "$work/owner"
+  replace_file "$owner_file" 644 "$work/owner"
+}}
+leave_if_owned_by_another() {{
+  if [ -e "$owner_file" ] && [ "$(cat "$owner_file")" != "$owner" ]; then
+    echo "{step}: left as it is, it now belongs to $(cat "$owner_file")"
+    exit 0
+  fi
+}}
+release_step() {{
+  rm -f "$owner_file"
+  rmdir {q(STATE_ROOT)} 2>/dev/null || true
+}}
 """
 
 
@@ -183,9 +217,10 @@ esac
 def trust_install_script(target: NodeTarget, certificate_pem: str) -> str:
     """Adds the registry's public certificate to the OS trust store."""
     return (
-        _header(target, REPLACE_FILE_FUNCTION)
+        _header(target, REPLACE_FILE_FUNCTION, _ownership(target, "trust"))
         + trust_store_detection()
         + f"""\
+claim_step
 printf '%s' {q(with_final_newline(certificate_pem))} > "$work/anchor"
 replace_file "$anchors/"{q(target.anchor_file_name)} 644 "$work/anchor"
 # Also rebuilds when a run was cut short between writing the file and rebuilding the bundle.
@@ -208,9 +243,10 @@ def signature_line(certificate_pem: str) -> str:
 def trust_remove_script(target: NodeTarget) -> str:
     """Removes the certificate again; the trust store is rebuilt without it."""
     return (
-        _header(target, REMOVE_STALE_TEMPS_FUNCTION)
+        _header(target, REPLACE_FILE_FUNCTION, _ownership(target, "trust"))
         + trust_store_detection()
         + f"""\
+leave_if_owned_by_another
 anchor="$anchors/"{q(target.anchor_file_name)}
 # Recorded before the removal, so a run cut short before the rebuild still rebuilds next time.
 pending={q(STATE_ROOT)}/{q(target.instance_id + "-trust.removing")}
@@ -222,11 +258,11 @@ if [ -e "$anchor" ] || [ -e "$pending" ]; then
   refresh_trust
   announce_removal {q(target.anchor_file_name)}
   rm -f "$pending"
-  rmdir {q(STATE_ROOT)} 2>/dev/null || true
   echo "trust store: certificate removed"
 else
   echo "trust store: nothing to remove"
 fi
+release_step
 """
     )
 
@@ -254,8 +290,10 @@ def hosts_install_script(target: NodeTarget, hostname: str, ip_address: str) -> 
     """Maps the registry's name to its address in /etc/hosts: one managed line, nothing else touched."""
     line = f"{ip_address}\t{hostname}\t{target.hosts_marker}"
     return (
-        _header(target, REPLACE_FILE_FUNCTION, RESTORE_INTERRUPTED_FUNCTION, _HOSTS_REWRITE_FUNCTION)
+        _header(target, REPLACE_FILE_FUNCTION, RESTORE_INTERRUPTED_FUNCTION, _HOSTS_REWRITE_FUNCTION,
+                _ownership(target, "hosts"))
         + f"""\
+claim_step
 hosts={q(HOSTS_FILE)}
 marker={q(target.hosts_marker)}
 restore_interrupted "$hosts"
@@ -270,8 +308,10 @@ echo "/etc/hosts: $changed"
 def hosts_remove_script(target: NodeTarget) -> str:
     """Removes the managed line; the rest of /etc/hosts is left exactly as it is."""
     return (
-        _header(target, REPLACE_FILE_FUNCTION, RESTORE_INTERRUPTED_FUNCTION, _HOSTS_REWRITE_FUNCTION)
+        _header(target, REPLACE_FILE_FUNCTION, RESTORE_INTERRUPTED_FUNCTION, _HOSTS_REWRITE_FUNCTION,
+                _ownership(target, "hosts"))
         + f"""\
+leave_if_owned_by_another
 hosts={q(HOSTS_FILE)}
 marker={q(target.hosts_marker)}
 restore_interrupted "$hosts"
@@ -280,50 +320,87 @@ if [ -e "$hosts" ]; then
   replace_file "$hosts" 644 "$work/hosts"
   echo "/etc/hosts: $changed"
 fi
+release_step
 """
     )
 
 
 # ----------------------------------------------------------------------------- k3s registries.yaml
 
-def restart_function(role: str, restart: bool) -> str:
-    """Defines restart_k3s: k3s reads registries.yaml only when it starts."""
-    service = SERVICE_FOR_ROLE[role]
+DEFAULT_RESTART_TIMEOUT = 300
+GENERATION_LINE = "k3s settings generation: "
+
+
+def restart_function(target: NodeTarget, restart: bool, timeout_seconds: int = DEFAULT_RESTART_TIMEOUT) -> str:
+    """Defines restart_k3s: k3s reads registries.yaml only when it starts.
+
+    The restart is followed by a bounded wait until the unit is active again and, on a server,
+    the Kubernetes API answers, so the next server is only restarted once this one is back.
+    A unit that is not running (stopped by its administrator) is not started.
+    """
+    service = SERVICE_FOR_ROLE[target.role]
     if not restart:
         return f"""\
 restart_k3s() {{
   echo "registries.yaml changed; restartK3s is false, restart {service} yourself to apply it"
 }}
 """
+    api_wait = (
+        f"""\
+  command -v k3s >/dev/null 2>&1 || fail "{service} restarted, but there is no k3s command to ask the API whether it is back"
+  until k3s kubectl get --raw=/readyz >/dev/null 2>&1; do
+    [ "$waited" -lt "$timeout" ] || fail "{service} is active again, but the Kubernetes API did not answer within $timeout s; see 'journalctl -u {service}'"
+    sleep 1
+    waited=$((waited + 1))
+  done
+"""
+        if target.role == "server"
+        else ""
+    )
     return f"""\
-restart_k3s() {{
+timeout={int(timeout_seconds)}
+init_system() {{
   if [ -d /run/systemd/system ]; then
-    if systemctl is-active --quiet {service}; then
-      systemctl restart {service}
-      echo "{service} restarted"
-    else
-      echo "{service} is not running; it reads registries.yaml when it starts"
-    fi
+    echo systemd
   elif command -v rc-service >/dev/null 2>&1; then
-    if rc-service {service} status >/dev/null 2>&1; then
-      rc-service {service} restart
-      echo "{service} restarted"
-    else
-      echo "{service} is not running; it reads registries.yaml when it starts"
-    fi
+    echo openrc
   else
     fail "neither systemd nor OpenRC found; restart {service} by hand to apply registries.yaml"
   fi
 }}
+service_active() {{
+  case $(init_system) in
+    systemd) systemctl is-active --quiet {service} ;;
+    openrc) rc-service {service} status >/dev/null 2>&1 ;;
+  esac
+}}
+restart_k3s() {{
+  if ! service_active; then
+    echo "{service} is not running; it reads registries.yaml when it starts"
+    return 0
+  fi
+  case $(init_system) in
+    systemd) systemctl restart {service} || fail "systemctl restart {service} failed; see 'journalctl -u {service}'" ;;
+    openrc) rc-service {service} restart || fail "rc-service {service} restart failed" ;;
+  esac
+  waited=0
+  until service_active; do
+    [ "$waited" -lt "$timeout" ] || fail "{service} did not become active again within $timeout s after the restart; see 'journalctl -u {service}'"
+    sleep 1
+    waited=$((waited + 1))
+  done
+{api_wait}  echo "{service} restarted, back after about $waited s"
+}}
 """
 
 
-def _registries_common(target: NodeTarget, restart: bool) -> str:
+def _registries_common(target: NodeTarget, *functions: str) -> str:
     return (
-        _header(target, REPLACE_FILE_FUNCTION, restart_function(target.role, restart))
+        _header(target, REPLACE_FILE_FUNCTION, _ownership(target, "k3s"), *functions)
         + f"""\
 state={q(target.state_dir)}
 registries={q(REGISTRIES_YAML)}
+# shellcheck disable=SC2034  # not every script that edits registries.yaml touches the CA file
 ca_file={q(target.k3s_ca_file)}
 # shellcheck disable=SC2016  # Python source, kept literal on purpose
 editor={q(REGISTRIES_EDITOR_SOURCE)}
@@ -337,15 +414,19 @@ edit_registries() {{
     )
 
 
-def registries_install_script(target: NodeTarget, address: str, ca_pem: str, restart: bool) -> str:
+def registries_install_script(target: NodeTarget, address: str, ca_pem: str) -> str:
     """Points k3s at the registry: a mirror and a configs entry keyed host:port, with our CA file.
 
+    It does not restart k3s: it records that a restart is due, and the restart step applies
+    it once the registry is in place (see restart_script). Every change of the file raises the
+    generation it prints, which is how the restart step knows to run.
     Credentials, when there are any, are read from stdin by the editor, never from the text.
     """
     return (
-        _registries_common(target, restart)
+        _registries_common(target)
         + f"""\
 address={q(address)}
+claim_step
 mkdir -p "$state"
 chmod 700 "$state"
 # The file as it was before this program first touched it, to give it back on destroy.
@@ -366,8 +447,14 @@ if [ -e "$state/address" ]; then old_address=$(cat "$state/address"); fi
 edit_registries merge "$registries" "$address" "$ca_file" "$old_address" > "$work/registries"
 registries_changed=no
 if [ ! -e "$registries" ] || ! cmp -s "$work/registries" "$registries"; then
-  # Recorded before the write, so a run cut short after it still restarts k3s next time.
-  : > "$state/restart-pending"
+  # Recorded before the write, so a run cut short after it still restarts k3s later: the
+  # pending restart carries the next generation, once, however often the write is retried.
+  if [ ! -e "$state/restart-pending" ]; then
+    generation=0
+    if [ -e "$state/generation" ]; then generation=$(cat "$state/generation"); fi
+    printf '%s\\n' "$((generation + 1))" > "$work/pending"
+    replace_file "$state/restart-pending" 600 "$work/pending"
+  fi
   # It may hold the registry's password: root only, whatever mode an older file had, from the
   # moment the content is there (the mode is set before the rename).
   replace_file "$registries" 600 "$work/registries" exact
@@ -378,6 +465,89 @@ replace_file "$state/written" 600 "$registries"
 printf '%s\\n' "$address" > "$work/address"
 replace_file "$state/address" 600 "$work/address"
 echo "registries.yaml: $registries_changed"
+# The restart step's text carries this line: a new generation makes the engine run it.
+if [ -s "$state/restart-pending" ]; then
+  echo "{GENERATION_LINE}$(cat "$state/restart-pending")"
+elif [ -e "$state/generation" ]; then
+  echo "{GENERATION_LINE}$(cat "$state/generation")"
+else
+  echo "{GENERATION_LINE}0"
+fi
+"""
+    )
+
+
+# give_back_registries: registries.yaml as it was before this program, or minus this
+# registry's entries if someone edited it since. Once done it forgets what it wrote (address,
+# written, original), so a second call only tidies up; a due restart stays recorded.
+_GIVE_BACK_FUNCTION = f"""\
+give_back_registries() {{
+  if [ ! -e "$state/address" ]; then
+    rm -f "$state/written" "$state/original" "$state/original-absent"
+    return 0
+  fi
+  if [ -e "$state/original" ] && [ -e "$registries" ] && cmp -s "$state/original" "$registries"; then
+    # Given back already (by a run cut short after the write): at most its mode is left to do.
+    chmod "$(stat -c %a "$state/original")" "$registries"
+  elif [ -e "$state/written" ] && [ -e "$registries" ] && cmp -s "$state/written" "$registries"; then
+    # Recorded before the write, so a run cut short after it still restarts k3s next time.
+    : > "$state/restart-pending"
+    if [ -e "$state/original-absent" ]; then
+      rm -f "$registries"
+    elif [ -e "$state/original" ]; then
+      replace_file "$registries" "$(stat -c %a "$state/original")" "$state/original" exact
+    fi
+  elif [ -e "$registries" ]; then
+    # Edited since we wrote it: keep those edits, take out only this registry's entries.
+    edit_registries unmerge "$registries" "$address" > "$work/without-current"
+    edit_registries unmerge "$work/without-current" "$(cat "$state/address")" > "$work/registries"
+    if [ -e "$state/original-absent" ] && [ ! -s "$work/registries" ]; then
+      : > "$state/restart-pending"
+      rm -f "$registries"
+    elif ! cmp -s "$work/registries" "$registries"; then
+      : > "$state/restart-pending"
+      replace_file "$registries" 600 "$work/registries"
+    fi
+  fi
+  # First what marks the file as ours: cut short after it, the next run only tidies up.
+  rm -f "$state/address"
+  rm -f "$state/written" "$state/original" "$state/original-absent"
+  echo "registries.yaml: given back"
+}}
+"""
+
+
+def restart_script(target: NodeTarget, restart: bool, timeout_seconds: int = DEFAULT_RESTART_TIMEOUT) -> str:
+    """Applies new registry settings by restarting k3s, when the k3s step recorded a change."""
+    return (
+        _header(target, restart_function(target, restart, timeout_seconds))
+        + f"""\
+state={q(target.state_dir)}
+if [ -e "$state/restart-pending" ]; then
+  restart_k3s
+  # The pending generation is now the one k3s runs with.
+  mv -f "$state/restart-pending" "$state/generation"
+else
+  echo "registries.yaml unchanged since k3s last started: no restart"
+fi
+"""
+    )
+
+
+def restart_remove_script(
+    target: NodeTarget, address: str, restart: bool, timeout_seconds: int = DEFAULT_RESTART_TIMEOUT
+) -> str:
+    """Takes the registry out of registries.yaml and restarts k3s; runs before the k3s step's delete."""
+    return (
+        _registries_common(target, restart_function(target, restart, timeout_seconds), _GIVE_BACK_FUNCTION)
+        + f"""\
+address={q(address)}
+leave_if_owned_by_another
+if [ ! -d "$state" ]; then
+  echo "registries.yaml: nothing to undo"
+  exit 0
+fi
+give_back_registries
 if [ -e "$state/restart-pending" ]; then
   restart_k3s
   rm -f "$state/restart-pending"
@@ -386,62 +556,44 @@ fi
     )
 
 
-def registries_remove_script(target: NodeTarget, address: str, restart: bool) -> str:
-    """Gives registries.yaml back: the original bytes if nobody edited it since, else minus our entries."""
+def registries_remove_script(
+    target: NodeTarget, address: str, restart: bool, timeout_seconds: int = DEFAULT_RESTART_TIMEOUT
+) -> str:
+    """Removes the CA file and what the node keeps for this program; gives registries.yaml back
+    (and restarts) first if the restart step's delete has not (state from an older version)."""
     return (
-        _registries_common(target, restart)
+        _registries_common(target, restart_function(target, restart, timeout_seconds), _GIVE_BACK_FUNCTION)
         + f"""\
+address={q(address)}
+leave_if_owned_by_another
 rm -f "$ca_file"
 remove_stale_temps "$ca_file"
 remove_stale_temps "$registries"
-if [ ! -d "$state" ]; then
+if [ -d "$state" ]; then
+  give_back_registries
+  if [ -e "$state/restart-pending" ]; then
+    restart_k3s
+    rm -f "$state/restart-pending"
+  fi
+  if [ -e "$state/created-config-dir" ]; then
+    rmdir {q(K3S_CONFIG_DIR)} 2>/dev/null || true
+    rmdir "$(dirname {q(K3S_CONFIG_DIR)})" 2>/dev/null || true
+  fi
+  rm -rf "$state"
+else
   echo "registries.yaml: nothing to undo"
-  exit 0
 fi
-registries_changed=no
-if [ -e "$state/original" ] && [ -e "$registries" ] && cmp -s "$state/original" "$registries"; then
-  # Given back already (by a run cut short after the write): at most its mode is left to do.
-  chmod "$(stat -c %a "$state/original")" "$registries"
-elif [ -e "$state/written" ] && [ -e "$registries" ] && cmp -s "$state/written" "$registries"; then
-  # Recorded before the write, so a run cut short after it still restarts k3s next time.
-  : > "$state/restart-pending"
-  if [ -e "$state/original-absent" ]; then
-    rm -f "$registries"
-    registries_changed=yes
-  elif [ -e "$state/original" ]; then
-    replace_file "$registries" "$(stat -c %a "$state/original")" "$state/original" exact
-    registries_changed=$changed
-  fi
-elif [ -e "$registries" ]; then
-  # Edited since we wrote it: keep those edits, take out only this registry's entries.
-  edit_registries unmerge "$registries" {q(address)} > "$work/without-current"
-  cp "$work/without-current" "$work/registries"
-  if [ -e "$state/address" ]; then
-    edit_registries unmerge "$work/without-current" "$(cat "$state/address")" > "$work/registries"
-  fi
-  if [ -e "$state/original-absent" ] && [ ! -s "$work/registries" ]; then
-    : > "$state/restart-pending"
-    rm -f "$registries"
-    registries_changed=yes
-  elif ! cmp -s "$work/registries" "$registries"; then
-    : > "$state/restart-pending"
-    replace_file "$registries" 600 "$work/registries"
-    registries_changed=$changed
-  fi
-fi
-if [ -e "$state/created-config-dir" ]; then
-  rmdir {q(K3S_CONFIG_DIR)} 2>/dev/null || true
-  rmdir "$(dirname {q(K3S_CONFIG_DIR)})" 2>/dev/null || true
-fi
-echo "registries.yaml: $registries_changed"
-if [ "$registries_changed" = yes ] || [ -e "$state/restart-pending" ]; then
-  : > "$state/restart-pending"
-  restart_k3s
-fi
-rm -rf "$state"
-rmdir {q(STATE_ROOT)} 2>/dev/null || true
+release_step
 """
     )
+
+
+def settings_generation(stdout: str) -> str:
+    """The generation the k3s step printed (see registries_install_script); "" if none."""
+    for line in reversed(stdout.splitlines()):
+        if line.startswith(GENERATION_LINE):
+            return line[len(GENERATION_LINE):].strip()
+    return ""
 
 
 # ----------------------------------------------------------------------------- running them

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import pulumi
 import pulumi_command as command
@@ -40,19 +40,33 @@ class NodeConfigurationArgs:
     ssh_private_key: Optional[pulumi.Input[str]] = None
     registry_credentials: Optional[pulumi.Input[str]] = None
     """JSON ``{"username", "password"}`` for registries.yaml, secret; None without auth."""
+    restart_timeout_seconds: int = node_scripts.DEFAULT_RESTART_TIMEOUT
+    restart_after: Sequence[pulumi.Resource] = ()
+    """What must be in place before k3s restarts here: the registry's workloads, and on a
+    server the previous server's restart (servers restart one at a time)."""
 
 
 class NodeConfiguration(pulumi.ComponentResource):
-    """The registry's trust, name and k3s settings on one node."""
+    """The registry's trust, name and k3s settings on one node, and the k3s restart that applies them."""
 
     trust: command.remote.Command
     hosts: command.remote.Command
     registries: command.remote.Command
+    restart: command.remote.Command
 
     def __init__(self, name: str, args: NodeConfigurationArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("k3s-registry:index:NodeConfiguration", name, None, opts)
         node = args.node
-        target = NodeTarget(node_name=node.name, role=node.role, instance_id=args.instance_id)
+        registry = args.registry
+        anchor = pulumi.Output.from_input(args.trust_anchor_pem)
+        # The steps are owned by this component's URN: a renamed node or a new parent is a new
+        # owner, and the old resources' deletes leave what the new ones configured.
+        # Only the URN's value is wanted: depending on this component would mean depending on its
+        # own children (a cycle), so the value is taken without the resource dependency.
+        urn_value = pulumi.Output(set(), self.urn.future(), self.urn.is_known(), self.urn.is_secret())
+        target = urn_value.apply(
+            lambda urn: NodeTarget(node_name=node.name, role=node.role, instance_id=args.instance_id, owner=urn)
+        )
         connection = command.remote.ConnectionArgs(
             host=node.host,
             port=node.port,
@@ -60,13 +74,16 @@ class NodeConfiguration(pulumi.ComponentResource):
             private_key=pulumi.Output.secret(args.ssh_private_key) if args.ssh_private_key is not None else None,
             host_key=node.host_key,
         )
-        registry = args.registry
-        anchor = pulumi.Output.from_input(args.trust_anchor_pem)
+        step_options = pulumi.ResourceOptions(parent=self, delete_before_replace=True)
+
+        def script(render) -> pulumi.Output[str]:
+            """A script rendered for this node's target and the CA, as the command line for its user."""
+            return pulumi.Output.all(target, anchor).apply(lambda values: as_command(render(*values), node.user))
 
         def step(
             role: str,
             create: pulumi.Input[str],
-            delete: str,
+            delete: pulumi.Input[str],
             probe: pulumi.Input[str],
             stdin: Optional[pulumi.Input[str]] = None,
         ) -> command.remote.Command:
@@ -96,34 +113,46 @@ class NodeConfiguration(pulumi.ComponentResource):
                 add_previous_output_in_env=False,
                 # Moving a node to another address undoes the old host before configuring the new.
                 triggers=[node.host, node.port],
-                opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+                opts=step_options,
             )
 
+        probe_target = NodeTarget(node_name=node.name, role=node.role, instance_id=args.instance_id)
         self.trust = step(
             "trust",
-            anchor.apply(lambda pem: as_command(node_scripts.trust_install_script(target, pem), node.user)),
-            as_command(node_scripts.trust_remove_script(target), node.user),
-            probe=anchor.apply(lambda pem: drift_probes.trust_probe_script(target, pem)),
+            script(lambda t, pem: node_scripts.trust_install_script(t, pem)),
+            script(lambda t, _pem: node_scripts.trust_remove_script(t)),
+            probe=anchor.apply(lambda pem: drift_probes.trust_probe_script(probe_target, pem)),
         )
         self.hosts = step(
             "hosts",
-            as_command(
-                node_scripts.hosts_install_script(target, registry.hostname, registry.load_balancer_ip), node.user
-            ),
-            as_command(node_scripts.hosts_remove_script(target), node.user),
-            probe=drift_probes.hosts_probe_script(target, registry.hostname, registry.load_balancer_ip),
+            script(lambda t, _pem: node_scripts.hosts_install_script(t, registry.hostname, registry.load_balancer_ip)),
+            script(lambda t, _pem: node_scripts.hosts_remove_script(t)),
+            probe=drift_probes.hosts_probe_script(probe_target, registry.hostname, registry.load_balancer_ip),
         )
+        restart_settings = (args.restart_k3s, args.restart_timeout_seconds)
         self.registries = step(
             "k3s",
-            anchor.apply(
-                lambda pem: as_command(
-                    node_scripts.registries_install_script(target, registry.address, pem, args.restart_k3s),
-                    node.user,
-                )
-            ),
-            as_command(node_scripts.registries_remove_script(target, registry.address, args.restart_k3s), node.user),
-            probe=anchor.apply(lambda pem: drift_probes.registries_probe_script(target, registry.address, pem)),
+            script(lambda t, pem: node_scripts.registries_install_script(t, registry.address, pem)),
+            script(lambda t, _pem: node_scripts.registries_remove_script(t, registry.address, *restart_settings)),
+            probe=anchor.apply(lambda pem: drift_probes.registries_probe_script(probe_target, registry.address, pem)),
             stdin=args.registry_credentials,
+        )
+        # Runs whenever the k3s step changed registries.yaml (its generation is in the text),
+        # only after the registry is up and, on a server, after the previous server is back.
+        restart_text = pulumi.Output.all(
+            script(lambda t, _pem: node_scripts.restart_script(t, *restart_settings)), self.registries.stdout
+        ).apply(lambda values: f"{values[0]}\n# k3s settings generation {node_scripts.settings_generation(values[1])}")
+        self.restart = command.remote.Command(
+            f"{name}-restart",
+            connection=connection,
+            create=restart_text,
+            update=restart_text,
+            delete=script(lambda t, _pem: node_scripts.restart_remove_script(t, registry.address, *restart_settings)),
+            add_previous_output_in_env=False,
+            triggers=[node.host, node.port],
+            opts=pulumi.ResourceOptions.merge(
+                step_options, pulumi.ResourceOptions(depends_on=[self.registries, *args.restart_after])
+            ),
         )
         self.register_outputs({})
 
@@ -137,6 +166,8 @@ class ClusterNodesArgs:
     username: Optional[pulumi.Input[str]] = None
     password: Optional[pulumi.Input[str]] = None
     """The registry's credentials, which k3s needs to pull; None when authentication is off."""
+    restart_after: Sequence[pulumi.Resource] = ()
+    """The registry's workloads: k3s restarts only once they are in place."""
 
 
 def credentials_json(username: pulumi.Input[str], password: pulumi.Input[str]) -> pulumi.Output[str]:
@@ -158,8 +189,10 @@ class ClusterNodes(pulumi.ComponentResource):
         credentials = (
             credentials_json(args.username, args.password) if args.username is not None else None
         )
-        self.nodes = {
-            node.name: NodeConfiguration(
+        self.nodes: dict[str, NodeConfiguration] = {}
+        previous_server_restart: list[pulumi.Resource] = []
+        for node in args.access.nodes:
+            configured = NodeConfiguration(
                 f"{name}-{node.name}",
                 NodeConfigurationArgs(
                     node=node,
@@ -169,10 +202,15 @@ class ClusterNodes(pulumi.ComponentResource):
                     restart_k3s=args.access.restart_k3s,
                     ssh_private_key=args.access.ssh_private_key,
                     registry_credentials=credentials,
+                    restart_timeout_seconds=args.access.restart_timeout_seconds,
+                    # Agents restart in parallel; servers one after the other, so an HA
+                    # control plane (embedded etcd) keeps its quorum.
+                    restart_after=[*args.restart_after, *(previous_server_restart if node.role == "server" else [])],
                 ),
                 opts=pulumi.ResourceOptions(parent=self),
             )
-            for node in args.access.nodes
-        }
+            self.nodes[node.name] = configured
+            if node.role == "server":
+                previous_server_restart = [configured.restart]
         self.node_names = pulumi.Output.from_input([node.name for node in args.access.nodes])
         self.register_outputs({"nodeNames": self.node_names})

@@ -74,6 +74,9 @@ class Registry(pulumi.ComponentResource):
             parent=self,
         )
         self.service = cluster.create_service(name, settings, namespace_name, parent=self)
+        # k3s on the nodes restarts only once these are in place: a restart takes a server's
+        # API away while pulumi-kubernetes creates and awaits them.
+        self.workloads: list[pulumi.Resource] = [self.deployment, self.service]
         cluster.create_network_policy(name, namespace_name, parent=self)
 
         self.address = pulumi.Output.from_input(settings.address)

@@ -16,7 +16,7 @@ from testbed.sshexec import ClientKey, ssh_run
 from testbed.sshnodes import TestNode, start_node
 
 COMMAND = "command:remote:Command"
-STEPS = ("trust", "hosts", "k3s")
+STEPS = ("trust", "hosts", "k3s", "restart")
 
 
 @dataclass

@@ -82,8 +82,15 @@ def cluster(client_key, tmp_path_factory):
         yield started
 
 
+GENERATION = f"/var/lib/k3s-registry/{INSTANCE}/generation"  # counts registries.yaml writes: a repair is one
+
+
+def restart_lines(node) -> list[str]:
+    return [line for line in node.restart_log() if "restart" in line.split()]
+
+
 def comparable(snapshot: dict[str, bytes]) -> dict[str, bytes]:
-    return {path: content for path, content in snapshot.items() if path != JAVA_KEYSTORE}
+    return {path: content for path, content in snapshot.items() if path not in (JAVA_KEYSTORE, GENERATION)}
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +247,18 @@ def test_a_tamper_is_seen_by_refresh_and_repaired_by_the_steps_update(
 
     updated = observer.update(step)
     assert updated["observed"] == EXPECTED and updated["repairs"] == repairs_before + 1
-    run_step(node, node_steps(declared, node_name)[step], "update", client_key).check()  # pulumi-command's repair
+    generation = int(node.read_file(GENERATION))
+    steps = node_steps(declared, node_name)
+    repair = run_step(node, steps[step], "update", client_key).check()  # pulumi-command's repair
+    if step == "k3s":
+        # The restart step's text carries the k3s step's output (its generation): when the repair
+        # rewrote registries.yaml the engine runs the restart next, and k3s restarts once.
+        rewritten = "registries.yaml: yes" in repair.stdout
+        assert f"k3s settings generation: {generation + rewritten}" in repair.stdout
+        restarts_before = restart_lines(node)
+        run_step(node, steps["restart"], "update", client_key).check()
+        restart = {"drift01": "restart k3s", "drift02": "k3s-agent restart"}[node_name]
+        assert restart_lines(node) == restarts_before + ([restart] if rewritten else [])
 
     assert observer.refresh(step) == EXPECTED
     assert observer.diff(step).changes is False

@@ -12,7 +12,10 @@ from harness import GUIDE_CONFIG, evaluate
 from testbed.sshexec import ssh_run
 from testbed.sshnodes import start_node
 
-TARGET = NodeTarget(node_name="cube01", role="agent", instance_id="k3s-registry-dev")
+# The owner is a URN: `$` and `::` must survive the quoting.
+OWNER = "urn:pulumi:dev::k3s-registry::k3s-registry:index:ClusterNodes$k3s-registry:index:NodeConfiguration::nodes-cube01"
+TARGET = NodeTarget(node_name="cube01", role="agent", instance_id="k3s-registry-dev", owner=OWNER)
+SERVER = NodeTarget(node_name="control01", role="server", instance_id="k3s-registry-dev", owner=OWNER)
 ADDRESS = "registry.cube.local:5000"
 
 
@@ -28,9 +31,12 @@ def scripts(certificate_pem):
         "trust remove": node_scripts.trust_remove_script(TARGET),
         "hosts install": node_scripts.hosts_install_script(TARGET, "registry.cube.local", "192.168.0.202"),
         "hosts remove": node_scripts.hosts_remove_script(TARGET),
-        "k3s install": node_scripts.registries_install_script(TARGET, ADDRESS, certificate_pem, restart=True),
-        "k3s install, no restart": node_scripts.registries_install_script(TARGET, ADDRESS, certificate_pem, False),
+        "k3s install": node_scripts.registries_install_script(TARGET, ADDRESS, certificate_pem),
         "k3s remove": node_scripts.registries_remove_script(TARGET, ADDRESS, restart=True),
+        "restart": node_scripts.restart_script(TARGET, restart=True, timeout_seconds=5),
+        "restart server": node_scripts.restart_script(SERVER, restart=True, timeout_seconds=5),
+        "restart, turned off": node_scripts.restart_script(TARGET, restart=False),
+        "restart remove": node_scripts.restart_remove_script(TARGET, ADDRESS, restart=True, timeout_seconds=5),
     }
 
 
@@ -60,9 +66,18 @@ def test_scripts_carry_the_certificate_and_never_a_key(scripts, certificate_pem)
 
 
 def test_k3s_restart_is_left_to_the_user_when_turned_off(scripts):
-    assert "systemctl restart" in scripts["k3s install"]
-    assert "systemctl restart" not in scripts["k3s install, no restart"]
-    assert "restart k3s-agent yourself" in scripts["k3s install, no restart"]
+    assert "systemctl restart" in scripts["restart"]
+    assert "systemctl restart" not in scripts["restart, turned off"]
+    assert "restart k3s-agent yourself" in scripts["restart, turned off"]
+
+
+def test_the_settings_step_never_restarts_k3s_itself(scripts):
+    assert "systemctl" not in scripts["k3s install"] and "rc-service" not in scripts["k3s install"]
+
+
+def test_only_a_server_waits_for_the_kubernetes_api(scripts):
+    assert "k3s kubectl get --raw=/readyz" in scripts["restart server"]
+    assert "readyz" not in scripts["restart"]
 
 
 def test_sudo_is_used_only_for_non_root_users():
@@ -158,16 +173,76 @@ def test_a_node_without_pyyaml_fails_with_the_package_to_install(odd_node, clien
 def test_a_restart_lost_to_a_failed_run_happens_on_the_next_run(odd_node, client_key, scripts):
     """If systemctl fails after registries.yaml was written, the next `up` still restarts k3s."""
     odd_node.clear_restart_log()
+    status, stdout, _ = run(odd_node, scripts["k3s install"], client_key)
+    assert status == 0 and b"registries.yaml: yes" in stdout
     odd_node.run_local(["sh", "-c", "mv /usr/local/sbin/systemctl /usr/local/sbin/systemctl.real && "
-                        "printf '#!/bin/sh\\n[ \"$1\" = is-active ]\\n' > /usr/local/sbin/systemctl && chmod +x /usr/local/sbin/systemctl"])
+                        "printf '#!/bin/sh\\n[ \"$1\" = is-active ] && exit 0\\nexit 1\\n' > /usr/local/sbin/systemctl && "
+                        "chmod +x /usr/local/sbin/systemctl"])
     try:
-        status, _, _ = run(odd_node, scripts["k3s install"], client_key)
+        status, _, stderr = run(odd_node, scripts["restart"], client_key)
     finally:
         odd_node.run_local(["mv", "/usr/local/sbin/systemctl.real", "/usr/local/sbin/systemctl"])
     assert status != 0
-    assert odd_node.exists("/etc/rancher/k3s/registries.yaml")
-    status, stdout, stderr = run(odd_node, scripts["k3s install"], client_key)
+    assert b"k3s-registry: node cube01: systemctl restart k3s-agent failed" in stderr
+    status, stdout, _ = run(odd_node, scripts["k3s install"], client_key)
+    assert status == 0 and b"registries.yaml: no" in stdout
+    status, stdout, stderr = run(odd_node, scripts["restart"], client_key)
     assert status == 0, stderr
-    assert b"registries.yaml: no" in stdout and b"k3s-agent restarted" in stdout
+    assert b"k3s-agent restarted" in stdout
     assert [line for line in odd_node.restart_log() if "restart" in line.split()] == ["restart k3s-agent"]
+    status, stdout, _ = run(odd_node, scripts["restart"], client_key)
+    assert b"no restart" in stdout
+    run(odd_node, scripts["restart remove"], client_key)
     run(odd_node, scripts["k3s remove"], client_key)
+
+
+def test_a_k3s_that_does_not_come_back_fails_naming_the_node_and_the_unit(odd_node, client_key, scripts):
+    run(odd_node, scripts["k3s install"], client_key)
+    odd_node.set_unit("k3s-agent", "broken")
+    try:
+        status, _, stderr = run(odd_node, scripts["restart"], client_key)
+    finally:
+        odd_node.set_unit("k3s-agent", "active")
+    assert status == 1
+    assert b"k3s-registry: node cube01: k3s-agent did not become active again within 5 s" in stderr
+    assert run(odd_node, scripts["restart"], client_key)[0] == 0, "the restart is still due, and retried"
+    run(odd_node, scripts["restart remove"], client_key)
+    run(odd_node, scripts["k3s remove"], client_key)
+
+
+def test_a_k3s_stopped_by_its_administrator_is_not_started(odd_node, client_key, scripts):
+    odd_node.clear_restart_log()
+    run(odd_node, scripts["k3s install"], client_key)
+    odd_node.set_unit("k3s-agent", "inactive")
+    try:
+        status, stdout, _ = run(odd_node, scripts["restart"], client_key)
+    finally:
+        odd_node.set_unit("k3s-agent", "active")
+    assert status == 0 and b"k3s-agent is not running" in stdout
+    assert [line for line in odd_node.restart_log() if "restart" in line.split()] == []
+    run(odd_node, scripts["restart remove"], client_key)
+    run(odd_node, scripts["k3s remove"], client_key)
+
+
+def test_a_server_waits_until_the_unit_is_back_and_the_api_answers(odd_node, client_key, scripts):
+    server_scripts = {
+        "k3s install": node_scripts.registries_install_script(SERVER, ADDRESS, scripts_pem(scripts)),
+        "restart": scripts["restart server"],
+    }
+    odd_node.set_restart_seconds(1.5)
+    try:
+        run(odd_node, server_scripts["k3s install"], client_key)
+        status, stdout, stderr = run(odd_node, server_scripts["restart"], client_key)
+    finally:
+        odd_node.set_restart_seconds(0)
+    assert status == 0, stderr
+    events = [(unit, event) for _, unit, event in odd_node.timeline()]
+    assert events[-2:] == [("k3s", "down"), ("k3s", "up")]
+    assert b"k3s restarted, back after about" in stdout
+    run(odd_node, node_scripts.restart_remove_script(SERVER, ADDRESS, restart=False), client_key)
+    run(odd_node, node_scripts.registries_remove_script(SERVER, ADDRESS, restart=False), client_key)
+
+
+def scripts_pem(scripts) -> str:
+    text = scripts["trust install"]
+    return text[text.index("-----BEGIN CERTIFICATE-----"):text.index("-----END CERTIFICATE-----")] + "-----END CERTIFICATE-----\n"

@@ -76,19 +76,76 @@ _UNSHARE: tuple[str, ...] = (
 
 _OVERLAID_DIRS: tuple[str, ...] = ("/etc", "/var/lib")
 
+# The units of a node live in /run/testbed-units (private to the node): a file per unit holding
+# active (the default), inactive (stopped by its administrator), broken (active, but a restart
+# never comes back: never-back) or restarting:<epoch> (active again from then on). A restart is recorded on the node's
+# timeline when the unit goes down and when it is first seen up again, so a test can show that
+# no two servers were down at once. <units>/restart-seconds sets how long a restart takes.
+_UNIT_TOOL = """#!/bin/sh
+# testbed unit states: testbed-unit state UNIT | testbed-unit restart UNIT
+units=/run/testbed-units
+mkdir -p "$units"
+now() {{ date +%s.%N; }}
+mark() {{ printf '%s %s %s\\n' "$(now)" "$1" "$2" >> {timeline} 2>/dev/null || true; }}
+state=$(cat "$units/$2" 2>/dev/null || echo active)
+case $1 in
+  state)
+    case $state in
+      broken) state=active ;;
+      never-back) state=failed ;;
+      restarting:*)
+        if awk -v t="${{state#restarting:}}" -v n="$(now)" 'BEGIN {{ exit !(n >= t) }}'; then
+          echo active > "$units/$2"
+          mark "$2" up
+          state=active
+        else
+          state=activating
+        fi
+        ;;
+    esac
+    echo "$state"
+    ;;
+  restart)
+    mark "$2" down
+    if [ "$state" = broken ] || [ "$state" = never-back ]; then
+      echo never-back > "$units/$2"
+    else
+      delay=$(cat "$units/restart-seconds" 2>/dev/null || echo 0)
+      echo "restarting:$(awk -v n="$(now)" -v d="$delay" 'BEGIN {{ printf "%.3f", n + d }}')" > "$units/$2"
+    fi
+    ;;
+esac
+"""
+
 _FAKE_SYSTEMCTL = """#!/bin/sh
-# testbed fake systemctl: records its argv, then reports every unit healthy.
+# testbed fake systemctl: records its argv; units as testbed-unit keeps them.
 printf '%s\\n' "$*" >> {log} 2>/dev/null || true
-if [ "$1" = is-active ] && [ "$2" != --quiet ]; then echo active; fi
-if [ "$1" = is-enabled ] && [ "$2" != --quiet ]; then echo enabled; fi
-exit 0
+case $1 in
+  is-active)
+    if [ "$2" = --quiet ]; then state=$(testbed-unit state "$3"); else state=$(testbed-unit state "$2"); echo "$state"; fi
+    [ "$state" = active ]
+    ;;
+  is-enabled) if [ "$2" != --quiet ]; then echo enabled; fi ;;
+  restart) testbed-unit restart "$2" ;;
+esac
 """
 
 _FAKE_RC_SERVICE = """#!/bin/sh
-# testbed fake rc-service (OpenRC): records its argv; every service started.
+# testbed fake rc-service (OpenRC): records its argv; units as testbed-unit keeps them.
 printf '%s\\n' "$*" >> {log} 2>/dev/null || true
-if [ "$2" = status ]; then echo ' * status: started'; fi
-exit 0
+case $2 in
+  status)
+    state=$(testbed-unit state "$1")
+    if [ "$state" = active ]; then echo ' * status: started'; else echo " * status: $state"; exit 3; fi
+    ;;
+  restart) testbed-unit restart "$1" ;;
+esac
+"""
+
+# k3s on a server: only `k3s kubectl get --raw=/readyz`, answered while the k3s unit is active.
+_FAKE_K3S = """#!/bin/sh
+# testbed fake k3s: the API answers while the k3s unit is active.
+if [ "$(testbed-unit state k3s)" = active ]; then echo ok; else echo 'The connection to the server 127.0.0.1:6443 was refused' >&2; exit 1; fi
 """
 
 _SSHD_CONFIG = """# testbed sshd for node {name}
@@ -168,6 +225,19 @@ class TestNode:
     def clear_restart_log(self) -> None:
         """Forget recorded init-tool calls (e.g. after the first deploy)."""
         self.restart_log_path.write_text("")
+
+    def timeline(self) -> list[tuple[float, str, str]]:
+        """(time, unit, "down" | "up") for every restart the fake init tools saw, in order."""
+        lines = _read_text(self.workdir / "init-timeline.log").splitlines()
+        return [(float(t), unit, event) for t, unit, event in (line.split() for line in lines)]
+
+    def set_unit(self, unit: str, state: str) -> None:
+        """active, inactive (stopped by its administrator) or broken (a restart never comes back)."""
+        self.write_file(f"/run/testbed-units/{unit}", state + "\n")
+
+    def set_restart_seconds(self, seconds: float) -> None:
+        """How long a restarted unit stays down."""
+        self.write_file("/run/testbed-units/restart-seconds", f"{seconds}\n")
 
     def run_local(
         self, argv: list[str], *, input: bytes | None = None, check: bool = False, timeout: float = 120
@@ -381,16 +451,23 @@ def _make_root_home(home: Path) -> None:
 
 
 def _write_init_tool(sbin: Path, init: Init, log: Path) -> None:
-    """Place the recording fake init tool for this node's init system."""
+    """Place the recording fake init tool for this node's init system, and a k3s to ask the API."""
     if init == "systemd":
         tool, text = "systemctl", _FAKE_SYSTEMCTL
     elif init == "openrc":
         tool, text = "rc-service", _FAKE_RC_SERVICE
     else:
         return
-    path = sbin / tool
-    path.write_text(text.format(log=shlex.quote(str(log))))
-    path.chmod(0o755)
+    timeline = log.with_name("init-timeline.log")
+    timeline.write_text("")
+    timeline.chmod(0o666)
+    for name, content in (
+        (tool, text.format(log=shlex.quote(str(log)))),
+        ("testbed-unit", _UNIT_TOOL.format(timeline=shlex.quote(str(timeline)))),
+        ("k3s", _FAKE_K3S),
+    ):
+        (sbin / name).write_text(content)
+        (sbin / name).chmod(0o755)
 
 
 def _q(path: Path | str) -> str:
