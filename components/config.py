@@ -450,8 +450,9 @@ def parse_settings(
         "loadBalancerIp", parse_ip, hint="set the IP MetalLB should give the registry, e.g. 192.168.0.202"
     )
     port = read.value("port", parse_int(1, 65535, "a TCP port"), DEFAULT_PORT, json_value=False)
-    dns_names = read.value("certDnsNames", parse_string_list(parse_dns_name_or_wildcard), (), json_value=True)
-    ip_addresses = read.value("certIpAddresses", parse_string_list(parse_ip), (), json_value=True)
+    no_names: tuple[str, ...] = ()
+    dns_names = read.value("certDnsNames", parse_string_list(parse_dns_name_or_wildcard), no_names, json_value=True)
+    ip_addresses = read.value("certIpAddresses", parse_string_list(parse_ip), no_names, json_value=True)
     validity_days = read.value(
         "certValidityDays", parse_int(2, 3650, "a number of days"), DEFAULT_CERT_VALIDITY_DAYS, json_value=False
     )

@@ -480,8 +480,8 @@ fi
 # give_back_registries: registries.yaml as it was before this program, or minus this
 # registry's entries if someone edited it since. Once done it forgets what it wrote (address,
 # written, original), so a second call only tidies up; a due restart stays recorded.
-_GIVE_BACK_FUNCTION = f"""\
-give_back_registries() {{
+_GIVE_BACK_FUNCTION = """\
+give_back_registries() {
   if [ ! -e "$state/address" ]; then
     rm -f "$state/written" "$state/original" "$state/original-absent"
     return 0
@@ -513,7 +513,7 @@ give_back_registries() {{
   rm -f "$state/address"
   rm -f "$state/written" "$state/original" "$state/original-absent"
   echo "registries.yaml: given back"
-}}
+}
 """
 
 

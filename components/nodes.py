@@ -65,7 +65,7 @@ class NodeConfiguration(pulumi.ComponentResource):
         # own children (a cycle), so the value is taken without the resource dependency.
         urn_value = pulumi.Output(set(), self.urn.future(), self.urn.is_known(), self.urn.is_secret())
         target = urn_value.apply(
-            lambda urn: NodeTarget(node_name=node.name, role=node.role, instance_id=args.instance_id, owner=urn)
+            lambda urn: NodeTarget(node_name=node.name, role=node.role, instance_id=args.instance_id, owner=str(urn))
         )
         connection = command.remote.ConnectionArgs(
             host=node.host,
@@ -187,7 +187,9 @@ class ClusterNodes(pulumi.ComponentResource):
     def __init__(self, name: str, args: ClusterNodesArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("k3s-registry:index:ClusterNodes", name, None, opts)
         credentials = (
-            credentials_json(args.username, args.password) if args.username is not None else None
+            credentials_json(args.username, args.password)
+            if args.username is not None and args.password is not None
+            else None
         )
         self.nodes: dict[str, NodeConfiguration] = {}
         previous_server_restart: list[pulumi.Resource] = []

@@ -56,7 +56,7 @@ class Registry(pulumi.ComponentResource):
             )
             self.username = pulumi.Output.from_input(settings.auth.username)
             self.password = pulumi.Output.secret(password.result)
-            htpasswd = pulumi.Output.secret(password.bcrypt_hash).apply(
+            htpasswd = pulumi.Output.secret(password.bcrypt_hash).apply(  # type: ignore[arg-type]  # SDK typing
                 lambda bcrypt_hash: f"{settings.auth.username}:{bcrypt_hash}\n"
             )
             htpasswd_secret_name = cluster.create_htpasswd_secret(
