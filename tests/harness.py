@@ -210,11 +210,12 @@ class ProviderMocks(pulumi.runtime.Mocks):
     def __init__(
         self,
         clock: Callable[[], dt.datetime] = _utcnow,
-        dynamic_outputs: Optional[dict[str, dict[str, Any]]] = None,
+        outputs_by_name: Optional[dict[str, dict[str, Any]]] = None,
     ):
         self.clock = clock
-        # Outputs a real dynamic provider returned (by resource name), as state the next run sees.
-        self.dynamic_outputs = dynamic_outputs or {}
+        # Outputs a real provider returned (by resource name: a dynamic provider's update, a
+        # command's stdout), as the state the next run sees.
+        self.outputs_by_name = outputs_by_name or {}
         self.handlers = {
             "tls:index/privateKey:PrivateKey": lambda args: _private_key(normalize(args.inputs)),
             "tls:index/selfSignedCert:SelfSignedCert": self._self_signed,
@@ -260,8 +261,7 @@ class ProviderMocks(pulumi.runtime.Mocks):
             outputs["metadata"] = metadata
         elif args.typ == "command:remote:Command":
             outputs.update({"stdout": "", "stderr": ""})
-        elif args.typ.startswith("pulumi-python:dynamic") and args.name in self.dynamic_outputs:
-            outputs.update(normalize(self.dynamic_outputs[args.name]))
+        outputs.update(normalize(self.outputs_by_name.get(args.name, {})))
         return [f"{args.name}-id", outputs]
 
     def call(self, args: pulumi_mocks.MockCallArgs):
@@ -292,17 +292,17 @@ def evaluate(
     secret_keys: tuple[str, ...] = (),
     clock=_utcnow,
     stack: str = "dev",
-    dynamic_outputs: Optional[dict[str, dict[str, Any]]] = None,
+    outputs_by_name: Optional[dict[str, dict[str, Any]]] = None,
 ) -> Evaluation:
     """Runs __main__.py with this config (keys without namespace) and returns what it declared.
 
     Config values that are not strings are passed as JSON, as the Pulumi CLI does.
-    ``dynamic_outputs`` gives dynamic resources (by name) the outputs a real provider returned.
+    ``outputs_by_name`` gives resources (by name) the outputs a real provider returned.
     """
     raw = {f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in config.items()}
     return run_function(
         _run_main, raw_config=raw, secret_keys=tuple(f"{PROJECT}:{k}" for k in secret_keys),
-        clock=clock, stack=stack, dynamic_outputs=dynamic_outputs,
+        clock=clock, stack=stack, outputs_by_name=outputs_by_name,
     )
 
 
@@ -323,7 +323,7 @@ def run_function(
     secret_keys: tuple[str, ...] = (),
     clock=_utcnow,
     stack: str = "dev",
-    dynamic_outputs: Optional[dict[str, dict[str, Any]]] = None,
+    outputs_by_name: Optional[dict[str, dict[str, Any]]] = None,
 ) -> Evaluation:
     """Runs ``program`` (any function declaring resources) under the mocks.
 
@@ -339,16 +339,16 @@ def run_function(
     secrets = tuple(key if ":" in key else f"{PROJECT}:{key}" for key in secret_keys)
     program_clock, rotation.utcnow = rotation.utcnow, clock
     try:
-        return contextvars.Context().run(_evaluate, program, raw, secrets, clock, stack, dynamic_outputs)
+        return contextvars.Context().run(_evaluate, program, raw, secrets, clock, stack, outputs_by_name)
     finally:
         rotation.utcnow = program_clock
 
 
-def _evaluate(program, raw: dict[str, str], secret_keys, clock, stack: str, dynamic_outputs) -> Evaluation:
+def _evaluate(program, raw: dict[str, str], secret_keys, clock, stack: str, outputs_by_name) -> Evaluation:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        mocks = ProviderMocks(clock, dynamic_outputs)
+        mocks = ProviderMocks(clock, outputs_by_name)
         monitor = CapturingMonitor(mocks)
         pulumi.runtime.set_all_config(raw, list(secret_keys))
         pulumi_settings.ROOT.set(None)

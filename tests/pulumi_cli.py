@@ -148,7 +148,10 @@ def _validate_declaration(project_name: str, key: str, declaration: dict[str, An
         if typed:
             raise CliError(f"Configuration key '{key}' is not namespaced by the project and should not define a type")
         if "default" in declaration:
-            raise CliError(f"Configuration key '{key}' is not namespaced by the project and should not define a default value. Did you mean to use the 'value' attribute instead of 'default'?")
+            raise CliError(
+                f"Configuration key '{key}' is not namespaced by the project and should not define a default "
+                "value. Did you mean to use the 'value' attribute instead of 'default'?"
+            )
         if "value" not in declaration:
             raise CliError(f"Configuration key '{key}' is namespaced and must provide an attribute 'value'")
 

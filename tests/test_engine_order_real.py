@@ -212,6 +212,6 @@ def test_a_server_that_does_not_come_back_stops_the_servers_after_it(ha_cluster,
     for node in ha_cluster.values():
         node.clear_restart_log()
     up(declared, ha_cluster, client_key).check()
-    restarted = {name for name, node in ha_cluster.items() if any("restart" in l.split() for l in node.restart_log())}
+    restarted = {name for name, node in ha_cluster.items() if any("restart" in line.split() for line in node.restart_log())}
     assert restarted == {"control02", "control03"}
     destroy(declared, ha_cluster, client_key).check()

@@ -9,9 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pwd
-import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -66,6 +65,20 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def machine_view(*paths: str) -> dict[str, str | None]:
+    """What the machine itself has at ``paths`` (a digest of each file below them), to compare."""
+    view: dict[str, str | None] = {}
+    for top in map(Path, paths):
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file()) if top.exists() else []
+        view[str(top)] = None if not top.exists() else ""
+        view.update({str(f): sha(f) for f in files})
+    return view
+
+
+# Read when the module is collected, before any node starts.
+MACHINE_PASSWD = Path("/etc/passwd").read_bytes()
+
+
 # --- SSH hosts -----------------------------------------------------------------
 
 
@@ -74,8 +87,9 @@ def test_root_and_deploy_can_log_in(nodes: list[TestNode], client_key: ClientKey
         assert run(node, client_key, "id -u; hostname")[:2] == (0, f"0\n{node.name}\n")
         status, out, err = run(node, client_key, "id -un; id -u; sudo -n id -u", user="deploy")
         assert (status, out) == (0, f"deploy\n{DEPLOY_UID}\n0\n"), err
-    with pytest.raises(KeyError):
-        pwd.getpwnam("deploy")  # the user exists only inside the nodes
+    # The user exists only inside the nodes: the machine's own accounts are as they were (a
+    # machine may have a deploy user of its own).
+    assert Path("/etc/passwd").read_bytes() == MACHINE_PASSWD
 
 
 def test_stdin_is_passed_and_closed(nodes: list[TestNode], client_key: ClientKey) -> None:
@@ -153,6 +167,7 @@ def test_fake_systemctl_records_restart(nodes: list[TestNode], client_key: Clien
 
 def test_file_helpers_see_the_node_view(nodes: list[TestNode]) -> None:
     node, other = nodes
+    machine_before = machine_view("/etc/rancher", "/var/lib/k3s-registry")
     node.write_file("/etc/rancher/k3s/registries.yaml", "mirrors: {}\n", mode=0o600)
     node.write_file("/var/lib/k3s-registry/state", b"x")
     assert node.run_local(["stat", "-c", "%a", "/etc/rancher/k3s/registries.yaml"]).stdout == b"600\n"
@@ -162,8 +177,7 @@ def test_file_helpers_see_the_node_view(nodes: list[TestNode]) -> None:
     assert snap["/etc/hosts"] == HOSTS
     assert any(v.startswith(b"/usr/share/ca-certificates/") for v in snap.values())  # symlink targets
     assert "/etc/rancher/k3s/registries.yaml" not in other.snapshot()
-    assert not Path("/etc/rancher/k3s/registries.yaml").exists()
-    assert not Path("/var/lib/k3s-registry").exists()
+    assert machine_view("/etc/rancher", "/var/lib/k3s-registry") == machine_before
     node.remove("/etc/rancher")
     node.remove("/var/lib/k3s-registry")
     assert not node.exists("/etc/rancher") and node.read_file("/etc/rancher/k3s/registries.yaml") is None
@@ -186,9 +200,10 @@ def test_openrc_node(workdir: Path, client_key: ClientKey) -> None:
         assert run(node, client_key, "rc-service k3s status && rc-service k3s restart")[0] == 0
         assert node.restart_log() == ["k3s status", "k3s restart"]
         assert node.read_file("/etc/rancher/k3s/config.yaml") == b"write-kubeconfig-mode: 600\n"
+        footprint = Footprint.of(node.proc.pid, node.pid)
     finally:
         node.stop()
-    assert _pgrep(str(node.workdir)) == []
+    assert footprint.leftovers(node.workdir) == []
 
 
 # --- registry + OCI push ------------------------------------------------------
@@ -239,9 +254,12 @@ def test_registry_pod_like_push_and_catalog(nodes: list[TestNode], workdir: Path
         )
         assert f"docker-content-digest: {manifest_digest(layout, '1')}" in head.stdout.decode().lower()
         assert (reg.volume_path("/var/lib/registry") / "docker/registry/v2/repositories/demo").is_dir()
+        footprint = Footprint.of(reg.pid)
+        assert reg.pid in footprint.processes and footprint.namespaces, "the registry is in its own mount namespace"
     finally:
         reg.stop()
-    assert _pgrep("docker-registry") == []
+    # The registry runs chrooted into a root below reg.workdir: that is how its leftovers are found.
+    assert footprint.leftovers(reg.workdir) == []
 
 
 def _assert_container_shape(reg: RunningRegistry) -> None:
@@ -261,25 +279,103 @@ def _assert_container_shape(reg: RunningRegistry) -> None:
     assert b"Read-only file system" in probe.stderr
 
 
-def _pgrep(pattern: str) -> list[str]:
-    res = subprocess.run(["pgrep", "-af", pattern], check=False, capture_output=True, text=True)
-    return [line for line in res.stdout.splitlines() if "pgrep" not in line]
+# --- leftovers: only the test bed's own processes, never a machine-wide search by name ---------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first), or None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """Start time in clock ticks since boot: with the PID, names one process even if PIDs are reused."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields else None
+
+
+def _all_pids() -> list[int]:
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+
+
+def _namespaces(pid: int) -> set[str]:
+    found = set()
+    for kind in ("mnt", "pid"):
+        try:
+            found.add(os.readlink(f"/proc/{pid}/ns/{kind}"))
+        except OSError:
+            pass
+    return found
+
+
+def _mentions(pid: int, directory: Path) -> bool:
+    """Whether the process's command line, root or working directory is ``directory`` or below it."""
+    inside = str(directory).rstrip("/") + "/"
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        places = [os.readlink(f"/proc/{pid}/root"), os.readlink(f"/proc/{pid}/cwd")]
+    except OSError:
+        return False
+    return any(inside in arg or arg == inside[:-1] for arg in argv) or any(
+        (place + "/").startswith(inside) for place in places
+    )
+
+
+@dataclass
+class Footprint:
+    """What a started test host or registry consists of, taken while it runs.
+
+    ``processes``: the started PIDs and all their descendants (PID -> start time, so a reused
+    PID is not mistaken for ours); ``namespaces``: their mount and PID namespaces, less this
+    test process's own (which the whole machine shares).
+    """
+
+    processes: dict[int, str]
+    namespaces: set[str]
+
+    @classmethod
+    def of(cls, *roots: int) -> Footprint:
+        parents = {pid: int(fields[1]) for pid in _all_pids() if (fields := _stat_fields(pid))}
+        tree, frontier = set(roots), set(roots)
+        while frontier:
+            frontier = {pid for pid, parent in parents.items() if parent in frontier} - tree
+            tree |= frontier
+        processes = {pid: start for pid in tree if (start := _start_time(pid)) is not None}
+        namespaces = set().union(*(_namespaces(pid) for pid in processes)) - _namespaces(os.getpid())
+        return cls(processes, namespaces)
+
+    def leftovers(self, workdir: Path) -> list[str]:
+        """What is still there: one of our processes (a zombie too), anything in our namespaces,
+        or any process whose command line, root or working directory lies in ``workdir``."""
+        found = []
+        for pid in _all_pids():
+            if pid == os.getpid():
+                continue
+            fields = _stat_fields(pid)
+            if fields is None:
+                continue
+            ours = self.processes.get(pid) == fields[19]
+            if ours or _namespaces(pid) & self.namespaces or _mentions(pid, workdir):
+                found.append(f"{pid} state {fields[0]}: {_describe(pid)}")
+        return found
+
+
+def _describe(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        return argv or Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "(gone)"
 
 
 def test_zz_everything_stops(nodes: list[TestNode], workdir: Path) -> None:
-    """Last: stopping leaves no sshd/registry behind (stop is idempotent)."""
-    pids = [n.pid for n in nodes]
+    """Last: stopping leaves nothing of the test hosts behind, not even a zombie (stop is idempotent)."""
+    footprints = [Footprint.of(node.proc.pid, node.pid) for node in nodes]
+    assert all(node.pid in fp.processes and fp.namespaces for node, fp in zip(nodes, footprints))
     for node in nodes:
         node.stop()
         node.stop()
-    assert _pgrep(str(workdir)) == []
-    assert _pgrep("docker-registry") == []
-    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
-    assert _zombies() == []  # nothing left for the machine's PID 1 to reap
-
-
-def _zombies() -> list[str]:
-    """Zombie sshd/unshare/registry processes (what a sloppy stop leaves)."""
-    res = subprocess.run(["ps", "-eo", "stat=,comm="], check=False, capture_output=True, text=True)
-    names = ("sshd", "unshare", "docker-registry", "sudo")
-    return [line for line in res.stdout.splitlines() if line.startswith("Z") and line.split()[-1] in names]
+    for footprint in footprints:
+        assert footprint.leftovers(workdir) == []  # nothing left for the machine's PID 1 to reap
