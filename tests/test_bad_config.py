@@ -233,7 +233,7 @@ def test_the_base_stack_is_valid_so_each_failure_is_the_cases_own():
     """Every case changes one thing in BASE; BASE itself must deploy."""
     evaluation = evaluate(BASE)
     assert evaluation.outputs["configuredNodes"] == ["control01", "cube01"]
-    assert len(evaluation.of_type("command:remote:Command")) == 6
+    assert len(evaluation.of_type("command:remote:Command")) == 8  # trust, hosts, k3s, restart per node
 
 
 def test_the_table_covers_every_key_of_the_program():
