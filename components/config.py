@@ -98,6 +98,8 @@ class RegistrySettings:
     image: str
     certificate: CertificateSettings
     auth: AuthSettings = AuthSettings(enabled=True, username=DEFAULT_AUTH_USERNAME)
+    existing_claim: Optional[str] = None
+    """A volume claim that already holds images (the manual guide's): mounted, never managed."""
 
     @property
     def address(self) -> str:
@@ -120,6 +122,9 @@ class NodeAccessSettings:
     nodes: tuple[NodeSettings, ...]
     restart_k3s: bool
     restart_timeout_seconds: int = DEFAULT_K3S_RESTART_TIMEOUT
+    migrate_from_guide: bool = False
+    """Remove the manual guide's leftovers from every node (its key, certificate, hosts line
+    and bare-hostname registries.yaml entry)."""
     # Secret: kept as an Output so it never appears in plain text in state or logs.
     ssh_private_key: Optional[pulumi.Output[str]] = field(default=None, compare=False)
 
@@ -262,6 +267,18 @@ def parse_storage_class(_key: str, value: Any) -> str:
         _fail(f"{value!r} is not a valid storage class name (a DNS subdomain, like longhorn)")
     if value != value.lower():
         _fail(f"{value!r} is not a valid storage class name; use lower case")
+    return value
+
+
+def parse_claim_name(_key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        _fail("must be the name of a volume claim in the namespace, like longhorn-docker-registry-pvc")
+    try:
+        _check_dns_name(value, allow_wildcard=False)
+    except _Invalid:
+        _fail(f"{value!r} is not a valid volume claim name (lower-case letters, digits, '-' and '.')")
+    if value != value.lower():
+        _fail(f"{value!r} is not a valid volume claim name; use lower case")
     return value
 
 
@@ -418,6 +435,8 @@ KNOWN_KEYS = (
     "sshPrivateKey",
     "restartK3s",
     "k3sRestartTimeout",
+    "existingClaim",
+    "migrateFromGuide",
 )
 
 
@@ -501,7 +520,14 @@ def parse_settings(
         image=read.value("image", parse_image, DEFAULT_IMAGE, json_value=False),
         certificate=certificate,
         auth=AuthSettings(enabled=auth_enabled, username=auth_username),
+        existing_claim=read.value("existingClaim", parse_claim_name, None, json_value=False),
     )
+    if registry.existing_claim is not None and registry.storage_class is not None:
+        read.problem(
+            "storageClass",
+            f"is not used with existingClaim ({registry.existing_claim}): the claim already has its class; "
+            "remove storageClass",
+        )
     node_access = NodeAccessSettings(
         nodes=read.value("nodes", parse_nodes, (), json_value=True),
         restart_k3s=read.value("restartK3s", parse_bool, True, json_value=False),
@@ -509,6 +535,7 @@ def parse_settings(
             "k3sRestartTimeout", parse_int(5, 3600, "a number of seconds"), DEFAULT_K3S_RESTART_TIMEOUT,
             json_value=False,
         ),
+        migrate_from_guide=read.value("migrateFromGuide", parse_bool, False, json_value=False),
         ssh_private_key=ssh_private_key,
     )
     if read.problems:

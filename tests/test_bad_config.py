@@ -158,6 +158,13 @@ MISTAKES = [
     # sshPrivateKey: its content is not checked, but it must be a secret
     Mistake("sshPrivateKey-in-plain-text", {"sshPrivateKey": "-----BEGIN OPENSSH PRIVATE KEY-----"}, "sshPrivateKey",
             ("is stored in plain text", "pulumi config set --secret sshPrivateKey")),
+    # existingClaim, migrateFromGuide
+    Mistake("existingClaim-upper-case", {"existingClaim": "Longhorn-PVC"}, "existingClaim", ("use lower case",)),
+    Mistake("existingClaim-a-path", {"existingClaim": "/var/lib/registry"}, "existingClaim",
+            ("is not a valid volume claim name",)),
+    Mistake("existingClaim-with-storageClass", {"existingClaim": "longhorn-docker-registry-pvc"}, "storageClass",
+            ("is not used with existingClaim", "remove storageClass")),
+    Mistake("migrateFromGuide-yes", {"migrateFromGuide": "yes"}, "migrateFromGuide", ("must be true or false",)),
     # k3sRestartTimeout
     Mistake("k3sRestartTimeout-with-unit", {"k3sRestartTimeout": "5m"}, "k3sRestartTimeout", ("must be a whole number",)),
     Mistake("k3sRestartTimeout-zero", {"k3sRestartTimeout": "0"}, "k3sRestartTimeout", ("0 is out of range",)),

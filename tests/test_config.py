@@ -46,6 +46,7 @@ def test_defaults_match_the_documented_table():
     assert registry.auth.enabled is True and registry.auth.username == "registry"
     assert settings.node_access.nodes == () and settings.node_access.restart_k3s is True
     assert settings.node_access.restart_timeout_seconds == 300
+    assert settings.node_access.migrate_from_guide is False and registry.existing_claim is None
 
 
 def test_the_guides_cluster_is_read_from_the_dev_stack_file():
@@ -155,10 +156,11 @@ def test_project_file_declares_every_scalar_and_list_key_with_its_default():
         "image": settings.registry.image,
         "restartK3s": settings.node_access.restart_k3s,
         "k3sRestartTimeout": settings.node_access.restart_timeout_seconds,
+        "migrateFromGuide": settings.node_access.migrate_from_guide,
     }
     # Declared: the required keys and every key with a default. Optional keys without a default
     # stay undeclared, or the CLI would require them (tests/test_cli_config.py).
-    optional_without_default = {"storageClass", "sshPrivateKey", "nodeSelector", "nodes"}
+    optional_without_default = {"storageClass", "sshPrivateKey", "nodeSelector", "nodes", "existingClaim"}
     assert set(declared) == set(KNOWN_KEYS) - optional_without_default
     for key, entry in declared.items():
         assert entry["type"] in ("string", "integer", "boolean", "array") and entry["description"]
