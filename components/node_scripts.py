@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 
 STATE_ROOT = "/var/lib/k3s-registry"
@@ -214,19 +215,70 @@ esac
 """
 
 
-def trust_install_script(target: NodeTarget, certificate_pem: str) -> str:
-    """Adds the registry's public certificate to the OS trust store."""
+# The manual guide copied the registry's certificate AND its private key into the Debian trust
+# store under these names.
+GUIDE_CERTIFICATE = f"{DEBIAN_ANCHORS}/registry.crt"
+GUIDE_KEY = f"{DEBIAN_ANCHORS}/registry.key"
+
+
+def guide_trust_cleanup(target: NodeTarget, hostname: str) -> str:
+    """Removes the guide's key (a PEM private key) and its certificate (one issued for ``hostname``).
+
+    Recorded as pending before the removal, so a run cut short still rebuilds the store next time.
+    """
+    return f"""\
+guide_pending={q(STATE_ROOT)}/{q(target.instance_id + "-guide.removing")}
+guide_key={q(GUIDE_KEY)}
+guide_certificate={q(GUIDE_CERTIFICATE)}
+guide_leftovers=
+if [ -f "$guide_key" ] && grep -q -- '-----BEGIN [A-Z ]*PRIVATE KEY-----' "$guide_key"; then
+  guide_leftovers="$guide_key"
+fi
+if [ -f "$guide_certificate" ]; then
+  command -v openssl >/dev/null 2>&1 || fail "migrateFromGuide needs openssl to recognise the guide's registry.crt"
+  if openssl x509 -in "$guide_certificate" -noout -checkhost {q(hostname)} 2>/dev/null | grep -q 'does match'; then
+    guide_leftovers="$guide_leftovers $guide_certificate"
+  fi
+fi
+if [ -n "$guide_leftovers" ]; then
+  mkdir -p {q(STATE_ROOT)}
+  : > "$guide_pending"
+  # shellcheck disable=SC2086  # two fixed paths without spaces
+  rm -f $guide_leftovers
+  echo "trust store: removed the manual guide's$guide_leftovers"
+fi
+"""
+
+
+def trust_install_script(target: NodeTarget, certificate_pem: str, guide_hostname: Optional[str] = None) -> str:
+    """Adds the registry's public certificate to the OS trust store.
+
+    With ``guide_hostname`` (migrateFromGuide) it first removes the manual guide's leftovers.
+    """
+    cleanup = guide_trust_cleanup(target, guide_hostname) if guide_hostname else ""
+    guide_pending = ' || [ -e "$guide_pending" ]' if guide_hostname else ""
+    after_refresh = (
+        """\
+  if [ -e "$guide_pending" ]; then
+    announce_removal registry.crt
+    rm -f "$guide_pending"
+  fi
+"""
+        if guide_hostname
+        else ""
+    )
     return (
         _header(target, REPLACE_FILE_FUNCTION, _ownership(target, "trust"))
         + trust_store_detection()
+        + "claim_step\n"
+        + cleanup
         + f"""\
-claim_step
 printf '%s' {q(with_final_newline(certificate_pem))} > "$work/anchor"
 replace_file "$anchors/"{q(target.anchor_file_name)} 644 "$work/anchor"
 # Also rebuilds when a run was cut short between writing the file and rebuilding the bundle.
-if [ "$changed" = yes ] || ! grep -qxF {q(signature_line(certificate_pem))} "$bundle" 2>/dev/null; then
+if [ "$changed" = yes ]{guide_pending} || ! grep -qxF {q(signature_line(certificate_pem))} "$bundle" 2>/dev/null; then
   refresh_trust
-  echo "trust store: certificate installed"
+{after_refresh}  echo "trust store: certificate installed"
 else
   echo "trust store: unchanged"
 fi
@@ -271,14 +323,16 @@ release_step
 
 # Rewrites /etc/hosts with every line but ours (a line ending in the marker), byte for byte,
 # including a missing final newline; prints our line first when one is given, so it wins
-# over any older mapping of the same name further down.
+# over any older mapping of the same name further down. With $guide_name set (migrateFromGuide)
+# a line that maps that name (the manual guide's) is left out too.
 _HOSTS_REWRITE_FUNCTION = """\
 hosts_without_ours() {
   final_newline=0
   if [ -s "$hosts" ] && [ "$(tail -c 1 "$hosts" | od -An -c | tr -d ' ')" = '\\n' ]; then final_newline=1; fi
-  awk -v marker="$marker" -v final_newline="$final_newline" '
+  awk -v marker="$marker" -v final_newline="$final_newline" -v guide_name="${guide_name:-}" '
     { n = length($0) - length(marker) + 1 }
     n >= 1 && substr($0, n) == marker { next }
+    guide_name != "" && $1 !~ /^#/ { for (i = 2; i <= NF && $i !~ /^#/; i++) if ($i == guide_name) next }
     { if (printed) printf "\\n"; printf "%s", $0; printed = 1 }
     END { if (printed && final_newline) printf "\\n" }
   ' "$hosts"
@@ -286,9 +340,11 @@ hosts_without_ours() {
 """
 
 
-def hosts_install_script(target: NodeTarget, hostname: str, ip_address: str) -> str:
-    """Maps the registry's name to its address in /etc/hosts: one managed line, nothing else touched."""
+def hosts_install_script(target: NodeTarget, hostname: str, ip_address: str, migrate_from_guide: bool = False) -> str:
+    """Maps the registry's name to its address in /etc/hosts: one managed line, nothing else touched
+    (with ``migrate_from_guide``, the guide's line for the same name goes)."""
     line = f"{ip_address}\t{hostname}\t{target.hosts_marker}"
+    guide = f"guide_name={q(hostname)}\n" if migrate_from_guide else ""
     return (
         _header(target, REPLACE_FILE_FUNCTION, RESTORE_INTERRUPTED_FUNCTION, _HOSTS_REWRITE_FUNCTION,
                 _ownership(target, "hosts"))
@@ -296,7 +352,7 @@ def hosts_install_script(target: NodeTarget, hostname: str, ip_address: str) -> 
 claim_step
 hosts={q(HOSTS_FILE)}
 marker={q(target.hosts_marker)}
-restore_interrupted "$hosts"
+{guide}restore_interrupted "$hosts"
 [ -e "$hosts" ] || : > "$hosts"
 {{ printf '%s\\n' {q(line)}; hosts_without_ours; }} > "$work/hosts"
 replace_file "$hosts" 644 "$work/hosts"
@@ -414,14 +470,30 @@ edit_registries() {{
     )
 
 
-def registries_install_script(target: NodeTarget, address: str, ca_pem: str) -> str:
+def registries_install_script(
+    target: NodeTarget, address: str, ca_pem: str, guide_hostname: Optional[str] = None
+) -> str:
     """Points k3s at the registry: a mirror and a configs entry keyed host:port, with our CA file.
 
     It does not restart k3s: it records that a restart is due, and the restart step applies
     it once the registry is in place (see restart_script). Every change of the file raises the
     generation it prints, which is how the restart step knows to run.
     Credentials, when there are any, are read from stdin by the editor, never from the text.
+    With ``guide_hostname`` (migrateFromGuide) the manual guide's configs entry for that bare
+    host name goes, from the file and from the copy kept to give back on destroy.
     """
+    forget_guide = (
+        f"""\
+edit_registries forget-guide "$registries" {q(guide_hostname)} > "$work/current"
+current="$work/current"
+if [ -e "$state/original" ]; then
+  edit_registries forget-guide "$state/original" {q(guide_hostname)} > "$work/original"
+  replace_file "$state/original" 600 "$work/original"
+fi
+"""
+        if guide_hostname
+        else ""
+    )
     return (
         _registries_common(target)
         + f"""\
@@ -444,7 +516,8 @@ replace_file "$ca_file" 644 "$work/ca"
 echo "registry CA file for k3s: $changed"
 old_address=
 if [ -e "$state/address" ]; then old_address=$(cat "$state/address"); fi
-edit_registries merge "$registries" "$address" "$ca_file" "$old_address" > "$work/registries"
+current="$registries"
+{forget_guide}edit_registries merge "$current" "$address" "$ca_file" "$old_address" > "$work/registries"
 registries_changed=no
 if [ ! -e "$registries" ] || ! cmp -s "$work/registries" "$registries"; then
   # Recorded before the write, so a run cut short after it still restarts k3s later: the

@@ -44,6 +44,8 @@ class NodeConfigurationArgs:
     restart_after: Sequence[pulumi.Resource] = ()
     """What must be in place before k3s restarts here: the registry's workloads, and on a
     server the previous server's restart (servers restart one at a time)."""
+    migrate_from_guide: bool = False
+    """Remove the manual guide's leftovers (key, certificate, hosts line, registries.yaml entry)."""
 
 
 class NodeConfiguration(pulumi.ComponentResource):
@@ -117,22 +119,27 @@ class NodeConfiguration(pulumi.ComponentResource):
             )
 
         probe_target = NodeTarget(node_name=node.name, role=node.role, instance_id=args.instance_id)
+        guide_hostname = registry.hostname if args.migrate_from_guide else None
         self.trust = step(
             "trust",
-            script(lambda t, pem: node_scripts.trust_install_script(t, pem)),
+            script(lambda t, pem: node_scripts.trust_install_script(t, pem, guide_hostname)),
             script(lambda t, _pem: node_scripts.trust_remove_script(t)),
             probe=anchor.apply(lambda pem: drift_probes.trust_probe_script(probe_target, pem)),
         )
         self.hosts = step(
             "hosts",
-            script(lambda t, _pem: node_scripts.hosts_install_script(t, registry.hostname, registry.load_balancer_ip)),
+            script(
+                lambda t, _pem: node_scripts.hosts_install_script(
+                    t, registry.hostname, registry.load_balancer_ip, args.migrate_from_guide
+                )
+            ),
             script(lambda t, _pem: node_scripts.hosts_remove_script(t)),
             probe=drift_probes.hosts_probe_script(probe_target, registry.hostname, registry.load_balancer_ip),
         )
         restart_settings = (args.restart_k3s, args.restart_timeout_seconds)
         self.registries = step(
             "k3s",
-            script(lambda t, pem: node_scripts.registries_install_script(t, registry.address, pem)),
+            script(lambda t, pem: node_scripts.registries_install_script(t, registry.address, pem, guide_hostname)),
             script(lambda t, _pem: node_scripts.registries_remove_script(t, registry.address, *restart_settings)),
             probe=anchor.apply(lambda pem: drift_probes.registries_probe_script(probe_target, registry.address, pem)),
             stdin=args.registry_credentials,
@@ -205,6 +212,7 @@ class ClusterNodes(pulumi.ComponentResource):
                     ssh_private_key=args.access.ssh_private_key,
                     registry_credentials=credentials,
                     restart_timeout_seconds=args.access.restart_timeout_seconds,
+                    migrate_from_guide=args.access.migrate_from_guide,
                     # Agents restart in parallel; servers one after the other, so an HA
                     # control plane (embedded etcd) keeps its quorum.
                     restart_after=[*args.restart_after, *(previous_server_restart if node.role == "server" else [])],

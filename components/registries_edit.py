@@ -6,6 +6,7 @@ The caller writes the result; this program only reads the current file and print
 
     merge   FILE ADDRESS CA_FILE [OLD_ADDRESS]  < auth.json   (auth.json: {} or {"username","password"})
     unmerge FILE ADDRESS
+    forget-guide FILE HOSTNAME   the manual guide's entry: configs.HOSTNAME (no port) with its key_file
 """
 
 import json
@@ -55,6 +56,30 @@ def add_registry(document, address, ca_file, auth):
     return document
 
 
+# What the manual guide put under configs.<hostname>: its own self-signed certificate as the CA
+# and the registry's private key as a (meaningless) client key, both in the trust store.
+GUIDE_TLS_FILES = {
+    "ca_file": "/usr/local/share/ca-certificates/registry.crt",
+    "key_file": "/usr/local/share/ca-certificates/registry.key",
+}
+
+
+def forget_guide(text, hostname):
+    """Removes configs.<hostname> when it is the guide's entry (its tls names the guide's files)."""
+    document = load_document(text)
+    configs = document.get("configs")
+    entry = configs.get(hostname) if isinstance(configs, dict) else None
+    tls = entry.get("tls") if isinstance(entry, dict) and set(entry) == {"tls"} else None
+    if not isinstance(tls, dict) or tls.get("key_file") != GUIDE_TLS_FILES["key_file"]:
+        return text
+    if set(tls) - set(GUIDE_TLS_FILES) or tls.get("ca_file", GUIDE_TLS_FILES["ca_file"]) != GUIDE_TLS_FILES["ca_file"]:
+        return text
+    del configs[hostname]
+    if not configs:
+        del document["configs"]
+    return render(document)
+
+
 def render(document):
     if not document:
         return ""
@@ -89,6 +114,8 @@ def main(argv):
         result = merge(_read(path), address, ca_file, old_address, auth)
     elif command == "unmerge":
         result = unmerge(_read(path), address)
+    elif command == "forget-guide":
+        result = forget_guide(_read(path), address)
     else:
         raise EditError(f"unknown command {command!r}")
     sys.stdout.write(result)
