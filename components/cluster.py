@@ -2,6 +2,11 @@
 
 Each builder takes settings plus the Outputs of what it refers to, so references are wired
 (``claimName=claim.metadata.name``) rather than retyped.
+
+With ``existingClaim`` (a cluster set up by the manual guide) two objects are not ours: the
+claim, which holds the images, is only mounted; and the namespace, which the claim lives in,
+is only labelled (a NamespacePatch), so that ``pulumi destroy`` can never delete the
+namespace and, with it, the claim and its data.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ HTPASSWD_FILE = "htpasswd"
 # registry:2 has no USER; any fixed non-root id works because the volumes get fsGroup. A
 # high one cannot collide with a user of the node.
 RUN_AS_ID = 10001
+# The manual guide mounted its claim with ``subPath: registry`` at /var/lib/registry, the
+# registry:2 image's default storage root: its images sit under ``registry/docker/registry/v2``
+# in the claim. Mounting the same sub-directory at our storage root finds them unchanged.
+GUIDE_CLAIM_SUB_PATH = "registry"
 METALLB_IP_ANNOTATION = "metallb.universe.tf/loadBalancerIPs"
 CERTIFICATE_HASH_ANNOTATION = "k3s-registry.dev/certificate-sha256"
 
@@ -57,12 +66,27 @@ def object_labels(name: str) -> dict[str, str]:
     return {**pod_labels(name), "app.kubernetes.io/managed-by": "pulumi"}
 
 
-def create_namespace(name: str, settings: RegistrySettings, parent: pulumi.Resource) -> k8s.core.v1.Namespace:
+def create_namespace(
+    name: str, settings: RegistrySettings, parent: pulumi.Resource
+) -> k8s.core.v1.Namespace | k8s.core.v1.NamespacePatch:
+    """Our namespace, or, with an existing claim, our labels on the namespace that holds it.
+
+    A claim lives in a namespace, so with ``existingClaim`` the namespace exists already (the
+    guide made it with kubectl). pulumi-kubernetes 4.29+ refuses to create an object that
+    exists (AlreadyExists); and a Namespace resource that had adopted it would delete it on
+    ``destroy``, and every object in it, the claim and its images included. A NamespacePatch
+    applies only our labels (server-side apply) and on delete gives them up, nothing more.
+    """
+    labels = {**object_labels(name), **POD_SECURITY_LABELS}
+    if settings.existing_claim is not None:
+        return k8s.core.v1.NamespacePatch(
+            f"{name}-namespace",
+            metadata=k8s.meta.v1.ObjectMetaPatchArgs(name=settings.namespace, labels=labels),
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
     return k8s.core.v1.Namespace(
         f"{name}-namespace",
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=settings.namespace, labels={**object_labels(name), **POD_SECURITY_LABELS}
-        ),
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=settings.namespace, labels=labels),
         opts=pulumi.ResourceOptions(parent=parent),
     )
 
@@ -171,8 +195,10 @@ def create_deployment(
     certificate_pem: pulumi.Input[str],
     parent: pulumi.Resource,
     htpasswd_secret_name: Optional[pulumi.Input[str]] = None,
+    data_sub_path: Optional[str] = None,
 ) -> k8s.apps.v1.Deployment:
-    """``htpasswd_secret_name`` is given exactly when authentication is on."""
+    """``htpasswd_secret_name`` is given exactly when authentication is on; ``data_sub_path``
+    is the directory of the claim that holds the storage root (the whole claim by default)."""
     labels = pod_labels(name)
     auth_mounts, auth_volumes = [], []
     if htpasswd_secret_name is not None:
@@ -191,7 +217,7 @@ def create_deployment(
         env=registry_environment(settings),
         volume_mounts=[
             k8s.core.v1.VolumeMountArgs(name="certs", mount_path=CERTS_MOUNT_PATH, read_only=True),
-            k8s.core.v1.VolumeMountArgs(name="data", mount_path=DATA_MOUNT_PATH),
+            k8s.core.v1.VolumeMountArgs(name="data", mount_path=DATA_MOUNT_PATH, sub_path=data_sub_path),
             k8s.core.v1.VolumeMountArgs(name="tmp", mount_path=TMP_MOUNT_PATH),
             *auth_mounts,
         ],
@@ -210,6 +236,9 @@ def create_deployment(
             run_as_non_root=True,
             run_as_user=RUN_AS_ID,
             run_as_group=RUN_AS_ID,
+            # The kubelet gives the volume's files this group, group read/write and setgid
+            # directories, once, when the volume's root is not already so (OnRootMismatch):
+            # also the guide's images, written as root:root by its root registry.
             fs_group=RUN_AS_ID,
             fs_group_change_policy="OnRootMismatch",
             seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),

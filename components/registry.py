@@ -15,7 +15,11 @@ PASSWORD_LENGTH = 32
 
 
 class Registry(pulumi.ComponentResource):
-    """A TLS registry on the cluster: certificates, Secrets, volume, Deployment and Service."""
+    """A TLS registry on the cluster: certificates, Secrets, volume, Deployment and Service.
+
+    With ``existing_claim`` set, the volume is that claim (not declared, only mounted) and the
+    namespace that holds it is labelled, not owned (see cluster.create_namespace).
+    """
 
     address: pulumi.Output[str]
     """``hostname:port``, the name images are tagged and pulled with."""
@@ -62,16 +66,26 @@ class Registry(pulumi.ComponentResource):
             htpasswd_secret_name = cluster.create_htpasswd_secret(
                 name, namespace_name, htpasswd, parent=self
             ).metadata.name
-        claim = cluster.create_storage_claim(name, settings, namespace_name, parent=self)
+        claim_name: pulumi.Input[str]
+        if settings.existing_claim is None:
+            claim_name = cluster.create_storage_claim(name, settings, namespace_name, parent=self).metadata.name
+            data_sub_path = None
+        else:
+            # Mounted, never declared: the program cannot delete or resize it, and `destroy`
+            # leaves it with its images. Where the guide's registry kept them: see
+            # cluster.GUIDE_CLAIM_SUB_PATH; fsGroup gives our non-root registry their files.
+            claim_name = settings.existing_claim
+            data_sub_path = cluster.GUIDE_CLAIM_SUB_PATH
         self.deployment = cluster.create_deployment(
             name,
             settings,
             namespace=namespace_name,
             secret_name=tls_secret.metadata.name,
-            claim_name=claim.metadata.name,
+            claim_name=claim_name,
             certificate_pem=certificates.certificate_pem,
             htpasswd_secret_name=htpasswd_secret_name,
             parent=self,
+            data_sub_path=data_sub_path,
         )
         self.service = cluster.create_service(name, settings, namespace_name, parent=self)
         # k3s on the nodes restarts only once these are in place: a restart takes a server's

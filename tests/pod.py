@@ -4,20 +4,27 @@ Everything comes from the captured resources: the container's environment, where
 is mounted, which Secret backs the certs volume (matched by the name the Deployment refers
 to) and what that Secret holds, the user and group ids and the read-only root. The only
 thing the test adds is the listen address, which a pod gets from its network namespace.
+
+A claim the program declares gets a fresh test-bed volume. A claim it only refers to (an
+existing one, ``existingClaim``) must be handed in as ``claims``: claim name -> the host
+directory that is that volume; the pod then sees its ``subPath`` as the kubelet would mount it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Iterator
-from typing import Any
+from typing import Any, Optional
 
 from harness import Evaluation
-from testbed.registry import RunningRegistry, start_registry
+from testbed.registry import HostDir, RunningRegistry, start_registry
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SECRET = "kubernetes:core/v1:Secret"
+CLAIM = "kubernetes:core/v1:PersistentVolumeClaim"
 
 
 def _secret_files(evaluation: Evaluation, secret_name: str) -> dict[str, bytes]:
@@ -27,18 +34,50 @@ def _secret_files(evaluation: Evaluation, secret_name: str) -> dict[str, bytes]:
     raise AssertionError(f"the Deployment mounts Secret {secret_name!r}, which the program does not declare")
 
 
-def _volume_source(evaluation: Evaluation, volume: dict[str, Any]) -> Any:
+def _claim_volume(evaluation: Evaluation, claim_name: str, mount: dict[str, Any], claims: Mapping[str, Path]) -> Any:
+    declared = {claim.outputs["metadata"]["name"] for claim in evaluation.of_type(CLAIM)}
+    if claim_name in declared:
+        return "pvc"
+    if claim_name not in claims:
+        raise AssertionError(
+            f"the Deployment mounts claim {claim_name!r}, which the program does not declare and the test does not provide"
+        )
+    return HostDir(kubelet_sub_path(Path(claims[claim_name]), mount.get("subPath", "")))
+
+
+def kubelet_sub_path(volume: Path, sub_path: str) -> Path:
+    """The directory a container sees for a volume mount with this ``subPath``.
+
+    The kubelet creates a missing subPath, as root, with the mode of the volume's root
+    (pkg/kubelet/kubelet_pods.go makeMounts: SafeMakeDir(subPath, volumePath, perm)).
+    """
+    if not sub_path:
+        return volume
+    if sub_path.startswith("/") or ".." in sub_path.split("/"):
+        raise AssertionError(f"subPath {sub_path!r} leaves the volume")
+    directory = volume / sub_path
+    if not directory.exists():
+        directory.mkdir(parents=True)
+        directory.chmod(os.stat(volume).st_mode & 0o7777)
+    return directory
+
+
+def _volume_source(
+    evaluation: Evaluation, volume: dict[str, Any], mount: dict[str, Any], claims: Mapping[str, Path]
+) -> Any:
     if "secret" in volume:
         return _secret_files(evaluation, volume["secret"]["secretName"])
     if "persistentVolumeClaim" in volume:
-        return "pvc"
+        return _claim_volume(evaluation, volume["persistentVolumeClaim"]["claimName"], mount, claims)
     if "emptyDir" in volume:
         return "emptydir"
     raise AssertionError(f"volume {volume['name']} has a source the test bed cannot provide: {volume}")
 
 
-def registry_pod_settings(evaluation: Evaluation) -> dict[str, Any]:
-    """The arguments for ``start_registry``, read off the declared Deployment."""
+def registry_pod_settings(evaluation: Evaluation, claims: Optional[Mapping[str, Path]] = None) -> dict[str, Any]:
+    """The arguments for ``start_registry``, read off the declared Deployment.
+
+    ``claims``: existing claims the Deployment mounts (claim name -> host directory)."""
     pod = evaluation.one(DEPLOYMENT).inputs["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
@@ -47,7 +86,7 @@ def registry_pod_settings(evaluation: Evaluation) -> dict[str, Any]:
     return {
         "env": {item["name"]: item["value"] for item in container["env"]},
         "volumes": {
-            mount["mountPath"]: _volume_source(evaluation, volumes[mount["name"]])
+            mount["mountPath"]: _volume_source(evaluation, volumes[mount["name"]], mount, claims or {})
             for mount in container["volumeMounts"]
         },
         "run_as_uid": container_security.get("runAsUser", pod_security.get("runAsUser")),
@@ -60,8 +99,10 @@ def registry_pod_settings(evaluation: Evaluation) -> dict[str, Any]:
     }
 
 
-def start_registry_pod(evaluation: Evaluation, workdir: Path, listen_ip: str) -> RunningRegistry:
-    settings = registry_pod_settings(evaluation)
+def start_registry_pod(
+    evaluation: Evaluation, workdir: Path, listen_ip: str, claims: Optional[Mapping[str, Path]] = None
+) -> RunningRegistry:
+    settings = registry_pod_settings(evaluation, claims)
     port = settings.pop("container_port")
     env = dict(settings.pop("env"))
     # A pod listens on all of its own addresses; here the "pod" shares the loopback network.
@@ -70,9 +111,11 @@ def start_registry_pod(evaluation: Evaluation, workdir: Path, listen_ip: str) ->
 
 
 @contextlib.contextmanager
-def registry_pod(evaluation: Evaluation, workdir: Path, listen_ip: str) -> Iterator[RunningRegistry]:
+def registry_pod(
+    evaluation: Evaluation, workdir: Path, listen_ip: str, claims: Optional[Mapping[str, Path]] = None
+) -> Iterator[RunningRegistry]:
     """The registry pod for the length of a ``with`` block (a fixture's lifetime)."""
-    running = start_registry_pod(evaluation, workdir, listen_ip)
+    running = start_registry_pod(evaluation, workdir, listen_ip, claims)
     try:
         yield running
     finally:

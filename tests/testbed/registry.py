@@ -12,7 +12,9 @@ registry its own root, built under ``workdir``:
   ``registry:2`` image (NOT the Debian package's, which turns htpasswd on);
 * the pod's volumes at their mount paths: Secret-like file sets mounted
   read-only (mode 0440, group = fsGroup, with Kubernetes' ``..data``
-  symlinks) and ``"pvc"`` / ``"emptydir"`` writable directories;
+  symlinks), ``"pvc"`` / ``"emptydir"`` writable directories, and
+  :class:`HostDir`, a directory that already holds data (an existing
+  volume), mounted writable exactly as it is;
 * ``/dev``, ``/proc`` and (optionally) a writable tmpfs ``/tmp``;
 * the root remounted read-only when ``read_only_root`` is true.
 
@@ -28,6 +30,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,7 +67,19 @@ REGISTRY_BINARY = "/usr/bin/docker-registry"
 CONFIG_PATH = "/etc/docker/registry/config.yml"
 SECRET_MODE = 0o440  # what the program is expected to set as defaultMode
 
-Volume = Mapping[str, bytes] | Literal["pvc", "emptydir"]
+
+@dataclass(frozen=True)
+class HostDir:
+    """An existing directory mounted as it is: a volume that already holds data.
+
+    Unlike ``"pvc"`` nothing is created, chowned or chmodded; what the kubelet would do to
+    it for the pod's fsGroup is :func:`apply_fs_group`'s job, called by the test.
+    """
+
+    path: Path
+
+
+Volume = Mapping[str, bytes] | Literal["pvc", "emptydir"] | HostDir
 
 
 @dataclass
@@ -150,7 +165,7 @@ def start_registry(
     rootfs = _fresh_dir(workdir / "rootfs", 0o755)
     (workdir / "config.yml").write_text(REGISTRY_IMAGE_DEFAULT_CONFIG)
     volume_dirs = {path: _prepare_volume(workdir, path, spec, run_as_uid, group) for path, spec in volumes.items()}
-    read_only = {path for path, spec in volumes.items() if not isinstance(spec, str)}
+    read_only = {path for path, spec in volumes.items() if isinstance(spec, Mapping)}
     script = _setup_script(rootfs, workdir / "config.yml", volume_dirs, read_only, read_only_root, writable_tmp)
     script += "exec chroot {} {} {} serve {}\n".format(
         shlex.quote(str(rootfs)),
@@ -214,6 +229,10 @@ def _prepare_volume(workdir: Path, mount_path: str, spec: Volume, uid: int | Non
     """Create the host directory that will be mounted at ``mount_path``."""
     if not mount_path.startswith("/") or ".." in mount_path.split("/"):
         raise ValueError(f"bad mount path {mount_path!r}")
+    if isinstance(spec, HostDir):
+        if not spec.path.is_dir():
+            raise ValueError(f"volume for {mount_path}: {spec.path} is not an existing directory")
+        return spec.path.resolve()
     slug = re.sub(r"[^A-Za-z0-9_.-]", "_", mount_path.strip("/")) or "_root"
     if spec in ("pvc", "emptydir"):
         base = workdir / ("pvc" if spec == "pvc" else "emptydir")
@@ -227,6 +246,56 @@ def _prepare_volume(workdir: Path, mount_path: str, spec: Volume, uid: int | Non
     if isinstance(spec, str):
         raise ValueError(f"unknown volume kind {spec!r} for {mount_path}")  # noqa: TRY004 - bad value
     return _secret_dir(_fresh_dir(workdir / "secrets" / slug, 0o755), spec, gid)
+
+
+# pkg/volume/volume_linux.go in kubernetes/kubernetes: rwMask, roMask, execMask.
+_KUBELET_RW_MASK = 0o660
+_KUBELET_RO_MASK = 0o440
+_KUBELET_EXEC_MASK = 0o110
+
+
+def apply_fs_group(path: Path, gid: int, *, change_policy: str | None = "OnRootMismatch", read_only: bool = False) -> bool:
+    """Do to the volume at ``path`` what the kubelet does for a pod's ``fsGroup``; True if it changed it.
+
+    A transcription of kubernetes/kubernetes pkg/volume/volume_linux.go (SetVolumeOwnership /
+    VolumeOwnership.ChangePermissions), run by the kubelet when it sets up a pod's volume that
+    supports ownership management (a block-backed PersistentVolume such as Longhorn's):
+
+    * with ``fsGroupChangePolicy: OnRootMismatch`` nothing happens when the volume's root
+      already has group ``gid``, at least rwx for owner and group (r-x with a read-only
+      volume) and the setgid bit (``requiresPermissionChange``);
+    * otherwise every entry, depth first, the root last (``walkDeep``), gets group ``gid``
+      with its owner kept (``os.Lchown(path, -1, gid)``); symlinks stop there; every other
+      entry gets its mode OR rw for owner and group (r for both when read-only), and a
+      directory also x for owner and group and setgid (``changeFilePermission``).
+    """
+    path = Path(path)
+    if change_policy == "OnRootMismatch" and not _requires_permission_change(path, gid, read_only):
+        return False
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in [*files, *dirs]:
+            _change_file_permission(Path(root) / name, gid, read_only)
+    _change_file_permission(path, gid, read_only)
+    return True
+
+
+def _requires_permission_change(root: Path, gid: int, read_only: bool) -> bool:
+    info = os.stat(root)
+    if info.st_gid != gid or not stat.S_ISDIR(info.st_mode):
+        return True
+    wanted = (_KUBELET_RO_MASK if read_only else _KUBELET_RW_MASK) | _KUBELET_EXEC_MASK
+    return (stat.S_IMODE(info.st_mode) & wanted) != wanted or not info.st_mode & stat.S_ISGID
+
+
+def _change_file_permission(path: Path, gid: int, read_only: bool) -> None:
+    info = os.lstat(path)
+    os.lchown(path, -1, gid)
+    if stat.S_ISLNK(info.st_mode):
+        return
+    mask = _KUBELET_RO_MASK if read_only else _KUBELET_RW_MASK
+    if stat.S_ISDIR(info.st_mode):
+        mask |= stat.S_ISGID | _KUBELET_EXEC_MASK
+    os.chmod(path, stat.S_IMODE(info.st_mode) | mask)
 
 
 def _secret_dir(path: Path, files: Mapping[str, bytes], gid: int | None) -> Path:
