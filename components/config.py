@@ -258,28 +258,31 @@ def parse_namespace(_key: str, value: Any) -> str:
     return value
 
 
-def parse_storage_class(_key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        _fail("must be a storage class name; omit the key to use the cluster's default class")
-    try:
-        _check_dns_name(value, allow_wildcard=False)
-    except _Invalid:
-        _fail(f"{value!r} is not a valid storage class name (a DNS subdomain, like longhorn)")
-    if value != value.lower():
-        _fail(f"{value!r} is not a valid storage class name; use lower case")
-    return value
+def object_name_parser(what: str, *, when_empty: str, shape: str) -> Callable[[str, Any], str]:
+    """Parses the name of a Kubernetes object (a DNS subdomain in lower case)."""
+
+    def parse(_key: str, value: Any) -> str:
+        if not isinstance(value, str) or not value:
+            _fail(when_empty)
+        try:
+            _check_dns_name(value, allow_wildcard=False)
+        except _Invalid:
+            _fail(f"{value!r} is not a valid {what} name ({shape})")
+        if value != value.lower():
+            _fail(f"{value!r} is not a valid {what} name; use lower case")
+        return value
+
+    return parse
 
 
-def parse_claim_name(_key: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        _fail("must be the name of a volume claim in the namespace, like longhorn-docker-registry-pvc")
-    try:
-        _check_dns_name(value, allow_wildcard=False)
-    except _Invalid:
-        _fail(f"{value!r} is not a valid volume claim name (lower-case letters, digits, '-' and '.')")
-    if value != value.lower():
-        _fail(f"{value!r} is not a valid volume claim name; use lower case")
-    return value
+parse_storage_class = object_name_parser(
+    "storage class", when_empty="must be a storage class name; omit the key to use the cluster's default class",
+    shape="a DNS subdomain, like longhorn",
+)
+parse_claim_name = object_name_parser(
+    "volume claim", when_empty="must be the name of a volume claim in the namespace, like longhorn-docker-registry-pvc",
+    shape="lower-case letters, digits, '-' and '.'",
+)
 
 
 def parse_quantity(_key: str, value: Any) -> str:

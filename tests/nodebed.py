@@ -7,6 +7,7 @@ nothing of the scripts is retyped here.
 from __future__ import annotations
 
 import contextlib
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -65,6 +66,21 @@ def file_times(node: TestNode, paths: Iterable[str]) -> dict[str, str]:
     """Modification time of every file below ``paths``: proves that a no-op run rewrote nothing."""
     listing = node.run_local(["find", *paths, "-printf", "%p %T@\\n"]).stdout.decode()
     return dict(line.rsplit(" ", 1) for line in listing.splitlines() if line)
+
+
+def port_22_free(ip: str) -> bool:
+    try:
+        with socket.create_connection((ip, 22), timeout=0.5):
+            return False
+    except OSError:
+        return True
+
+
+def free_addresses(candidates: list[str], count: int) -> list[str]:
+    """Free addresses in a test file's own range, so two runs of the suite at once do not collide."""
+    free = [ip for ip in candidates if port_22_free(ip)]
+    assert len(free) >= count, f"need {count} free addresses among {candidates}"
+    return free[:count]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 
 import dill
 import pytest
@@ -21,7 +20,7 @@ from components.drift_probes import probe_scripts
 from components.node_scripts import NodeTarget
 from components.nodes import instance_id_for
 from harness import PROJECT, evaluate
-from nodebed import NodeSpec, node_steps, run_phase, run_step, running_nodes
+from nodebed import NodeSpec, free_addresses, node_steps, run_phase, run_step, running_nodes
 from testbed.sshnodes import start_node
 
 HOSTNAME = "registry.drift.test"
@@ -37,22 +36,9 @@ JAVA_KEYSTORE = "/etc/ssl/certs/java/cacerts"  # stamps import times: compared b
 CANDIDATE_IPS = [f"127.0.0.{n}" for n in range(51, 60)]  # this file's range; other tests use other ones
 
 
-def port_22_free(ip: str) -> bool:
-    try:
-        with socket.create_connection((ip, 22), timeout=0.5):
-            return False
-    except OSError:
-        return True
 
 
-def free_ips(count: int) -> list[str]:
-    """Free addresses in this file's range, so two runs of the suite at once do not collide."""
-    free = [ip for ip in CANDIDATE_IPS if port_22_free(ip)]
-    assert len(free) >= count, f"need {count} free addresses among {CANDIDATE_IPS}"
-    return free[:count]
-
-
-_IPS = free_ips(3)
+_IPS = free_addresses(CANDIDATE_IPS, 3)
 NODES = {
     "drift01": {"ip": _IPS[0], "role": "server", "user": "root", "init": "systemd"},
     "drift02": {"ip": _IPS[1], "role": "agent", "user": "deploy", "init": "openrc"},

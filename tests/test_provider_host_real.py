@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +29,7 @@ import dill
 import pytest
 import yaml
 from harness import PROJECT, Evaluation, evaluate
-from nodebed import COMMAND, NodeSpec, node_steps, run_phase, run_step, running_nodes
+from nodebed import COMMAND, NodeSpec, free_addresses, node_steps, run_phase, run_step, running_nodes
 from provider_host import (
     DIFF_NONE,
     DIFF_SOME,
@@ -57,22 +56,9 @@ CANDIDATE_IPS = [f"127.0.0.{n}" for n in range(71, 80)]
 REFRESH_ROUNDS = 3
 
 
-def port_22_free(ip: str) -> bool:
-    try:
-        with socket.create_connection((ip, 22), timeout=0.5):
-            return False
-    except OSError:
-        return True
 
 
-def free_ips(count: int) -> list[str]:
-    """Free addresses in this file's range, so two runs of the suite at once do not collide."""
-    free = [ip for ip in CANDIDATE_IPS if port_22_free(ip)]
-    assert len(free) >= count, f"need {count} free addresses among {CANDIDATE_IPS}"
-    return free[:count]
-
-
-_IPS = iter(free_ips(4))
+_IPS = iter(free_addresses(CANDIDATE_IPS, 4))
 SCENARIOS = {
     # name: (registry authentication, nodes)
     "auth-on": (True, {
