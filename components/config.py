@@ -86,6 +86,45 @@ class AuthSettings:
     username: str
 
 
+# Where each well-known registry serves its API (what a pull-through cache fetches from).
+WELL_KNOWN_UPSTREAMS = {
+    "docker.io": "https://registry-1.docker.io",
+    "ghcr.io": "https://ghcr.io",
+    "quay.io": "https://quay.io",
+    "registry.k8s.io": "https://registry.k8s.io",
+    "gcr.io": "https://gcr.io",
+    "public.ecr.aws": "https://public.ecr.aws",
+    "mcr.microsoft.com": "https://mcr.microsoft.com",
+}
+DEFAULT_MIRROR_STORAGE_SIZE = "10Gi"
+_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$")
+
+
+@dataclass(frozen=True)
+class SecretText:
+    """A secret value read from the stack (set with --secret): never shown in a repr or message."""
+
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class MirrorSettings:
+    """A pull-through cache of one upstream registry, served on its own port of the registry's IP."""
+
+    upstream: str
+    url: str
+    port: int
+    storage_size: str = DEFAULT_MIRROR_STORAGE_SIZE
+    username: Optional[str] = None
+    password: Optional[SecretText] = None
+    ttl: Optional[str] = None
+
+    @property
+    def slug(self) -> str:
+        """The upstream as a name part (docker.io -> docker-io)."""
+        return re.sub(r"[^a-z0-9]+", "-", self.upstream.lower()).strip("-")
+
+
 @dataclass(frozen=True)
 class RegistrySettings:
     hostname: str
@@ -100,6 +139,11 @@ class RegistrySettings:
     auth: AuthSettings = AuthSettings(enabled=True, username=DEFAULT_AUTH_USERNAME)
     existing_claim: Optional[str] = None
     """A volume claim that already holds images (the manual guide's): mounted, never managed."""
+    mirrors: tuple[MirrorSettings, ...] = ()
+
+    def mirror_address(self, mirror: MirrorSettings) -> str:
+        """``host:port`` of a cache, as k3s's registries.yaml keys it."""
+        return f"{self.hostname}:{mirror.port}"
 
     @property
     def address(self) -> str:
@@ -341,6 +385,109 @@ def parse_nodes(key: str, value: Any) -> tuple[NodeSettings, ...]:
     return nodes
 
 
+_MIRROR_KEYS = ("upstream", "url", "port", "username", "password", "storageSize", "ttl")
+
+
+def mirrors_parser(registry_port: int, image: str) -> Callable[[str, Any], tuple[MirrorSettings, ...]]:
+    """Parses `mirrors`; a cache without a port gets the next free one after the registry's."""
+
+    def parse(_key: str, value: Any) -> tuple[MirrorSettings, ...]:
+        if not isinstance(value, list):
+            _fail("must be a list of caches, each {upstream, url, port, username, password, storageSize, ttl}")
+        entries = [_mirror_entry(index, entry, image) for index, entry in enumerate(value)]
+        taken = {registry_port} | {entry["port"] for entry in entries if entry["port"] is not None}
+        mirrors = []
+        for entry in entries:
+            port = entry["port"]
+            if port is None:
+                port = registry_port + 1
+                while port in taken:
+                    port += 1
+                taken.add(port)
+            mirrors.append(MirrorSettings(**{**entry, "port": port}))
+        _check_unique_mirrors(mirrors, registry_port)
+        return tuple(mirrors)
+
+    return parse
+
+
+def _mirror_entry(index: int, entry: Any, image: str) -> dict[str, Any]:
+    if not isinstance(entry, dict):
+        _fail(f"cache #{index + 1} must be an object with upstream (like docker.io), got {entry!r}")
+    upstream = entry.get("upstream")
+    where = f"cache {upstream!r}" if isinstance(upstream, str) and upstream else f"cache #{index + 1}"
+    unknown = sorted(set(entry) - set(_MIRROR_KEYS))
+    if unknown:
+        _fail(f"{where}: unknown key(s) {', '.join(unknown)}; a cache takes {', '.join(_MIRROR_KEYS)}")
+    if not isinstance(upstream, str) or not _is_registry_name(upstream):
+        _fail(f"{where}: upstream must be the registry name images are pulled by, like docker.io or ghcr.io")
+    upstream = upstream.lower()
+    url = entry.get("url", WELL_KNOWN_UPSTREAMS.get(upstream))
+    if url is None:
+        _fail(f"{where}: {upstream} is not a registry this program knows; give its API endpoint in url, like https://{upstream}")
+    if not isinstance(url, str) or not re.fullmatch(r"https://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?", url):
+        _fail(f"{where}: url {url!r} must be the upstream's https:// address, like https://registry-1.docker.io")
+    port = entry.get("port")
+    if port is not None:
+        try:
+            port = parse_int(1, 65535, "a TCP port")("", port)
+        except _Invalid as invalid:
+            _fail(f"{where}: port {invalid}")
+    username, password = entry.get("username"), entry.get("password")
+    if (username is None) != (password is None):
+        _fail(f"{where}: give both username and password for an authenticated upstream, or neither")
+    if username is not None and (not isinstance(username, str) or not username or not isinstance(password, str)):
+        _fail(f"{where}: username and password must be strings")
+    try:
+        storage_size = parse_quantity("", entry.get("storageSize", DEFAULT_MIRROR_STORAGE_SIZE))
+    except _Invalid as invalid:
+        _fail(f"{where}: storageSize {invalid}")
+    ttl = entry.get("ttl")
+    if ttl is not None:
+        if not isinstance(ttl, str) or not _DURATION.match(ttl):
+            _fail(f"{where}: ttl {ttl!r} is not a duration; use a Go duration such as 168h or 720h")
+        if not _image_major_at_least(image, 3):
+            _fail(
+                f"{where}: ttl needs registry 3 (image registry:3.x); the registry 2.8 in {image} keeps "
+                "cached content 168h and cannot be told otherwise. Remove ttl or use a registry 3 image"
+            )
+    return {
+        "upstream": upstream, "url": url.rstrip("/"), "port": port, "storage_size": storage_size,
+        "username": username, "password": SecretText(password) if password is not None else None, "ttl": ttl,
+    }
+
+
+def _is_registry_name(name: str) -> bool:
+    host, _, port = name.partition(":")
+    if port and not port.isdigit():
+        return False
+    try:
+        _check_dns_name(host.lower(), allow_wildcard=False)
+    except _Invalid:
+        return False
+    return "." in host or host == "localhost"
+
+
+def _image_major_at_least(image: str, major: int) -> bool:
+    tag = image.split("@", 1)[0].rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
+    first = tag.split(".", 1)[0]
+    return first.isdigit() and int(first) >= major
+
+
+def _check_unique_mirrors(mirrors: list[MirrorSettings], registry_port: int) -> None:
+    seen_upstreams: set[str] = set()
+    seen_ports: dict[int, str] = {}
+    for mirror in mirrors:
+        if mirror.upstream in seen_upstreams:
+            _fail(f"{mirror.upstream} is listed twice; one cache per upstream")
+        seen_upstreams.add(mirror.upstream)
+        if mirror.port == registry_port:
+            _fail(f"cache {mirror.upstream!r}: port {mirror.port} is the registry's own port; choose another")
+        if mirror.port in seen_ports:
+            _fail(f"caches {seen_ports[mirror.port]!r} and {mirror.upstream!r} both use port {mirror.port}")
+        seen_ports[mirror.port] = mirror.upstream
+
+
 _NODE_KEYS = ("name", "host", "port", "user", "role", "hostKey")
 
 
@@ -440,10 +587,13 @@ KNOWN_KEYS = (
     "k3sRestartTimeout",
     "existingClaim",
     "migrateFromGuide",
+    "mirrors",
 )
 
 
 SECRET_KEYS = ("sshPrivateKey",)
+# Keys whose nested values may be secrets (set with --secret --path): then the whole key is one.
+NESTED_SECRET_KEYS = {"mirrors": "password"}
 
 
 def parse_settings(
@@ -461,11 +611,12 @@ def parse_settings(
     for key in sorted(set(raw) - set(KNOWN_KEYS)):
         read.problem(key, f"is not a setting of this program; known settings: {', '.join(KNOWN_KEYS)}")
     for key in plain_text_keys:
-        read.problem(
-            key,
-            f"is stored in plain text in the stack file; remove it (pulumi config rm {key}) and set it "
-            f"encrypted: pulumi config set --secret {key} < ~/.ssh/id_ed25519",
+        how = (
+            f"pulumi config set --secret --path '{key}[0].{NESTED_SECRET_KEYS[key]}'"
+            if key in NESTED_SECRET_KEYS
+            else f"pulumi config set --secret {key} < ~/.ssh/id_ed25519"
         )
+        read.problem(key, f"holds a secret in plain text in the stack file; remove it and set it encrypted: {how}")
 
     hostname = read.required("hostname", parse_hostname, hint="set the registry's DNS name, e.g. registry.cube.local")
     load_balancer_ip = read.required(
@@ -508,6 +659,7 @@ def parse_settings(
         if renewal_days < validity_days
         else 0,
     )
+    image = read.value("image", parse_image, DEFAULT_IMAGE, json_value=False)
     auth_enabled = read.value("auth", parse_bool, True, json_value=False)
     # The CLI injects Pulumi.yaml's default into every stack, so "set" cannot be told from
     # "defaulted": with auth off the user name is simply not used.
@@ -520,10 +672,11 @@ def parse_settings(
         storage_class=read.value("storageClass", parse_storage_class, None, json_value=False),
         storage_size=read.value("storageSize", parse_quantity, DEFAULT_STORAGE_SIZE, json_value=False),
         node_selector=read.value("nodeSelector", parse_node_selector, (), json_value=True),
-        image=read.value("image", parse_image, DEFAULT_IMAGE, json_value=False),
+        image=image,
         certificate=certificate,
         auth=AuthSettings(enabled=auth_enabled, username=auth_username),
         existing_claim=read.value("existingClaim", parse_claim_name, None, json_value=False),
+        mirrors=read.value("mirrors", mirrors_parser(port, image), (), json_value=True),
     )
     if registry.existing_claim is not None and registry.storage_class is not None:
         read.problem(
@@ -563,7 +716,20 @@ def load_settings(config: Optional[pulumi.Config] = None) -> StackSettings:
     plain_text = tuple(
         key for key in SECRET_KEYS if key in present and not runtime_config.is_config_secret(f"{PROJECT}:{key}")
     )
+    plain_text += tuple(
+        key for key, nested in NESTED_SECRET_KEYS.items()
+        if _mentions(raw.get(key), nested) and not runtime_config.is_config_secret(f"{PROJECT}:{key}")
+    )
     return parse_settings(raw, ssh_private_key, plain_text_keys=plain_text)
+
+
+def _mentions(text: Optional[str], nested_key: str) -> bool:
+    """Whether a JSON list of objects sets ``nested_key`` in any of them."""
+    try:
+        value = json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return False
+    return isinstance(value, list) and any(isinstance(entry, dict) and nested_key in entry for entry in value)
 
 
 def _configured_keys() -> set[str]:

@@ -148,7 +148,7 @@ def test_a_private_key_set_in_plain_text_fails_at_preview_naming_the_key_and_the
     with pytest.raises(ProgramFailed) as failure:
         evaluate_raw(config.values, secret_keys=config.secret_keys)
     message = str(failure.value)
-    assert "k3s-registry:sshPrivateKey: is stored in plain text" in message
+    assert "k3s-registry:sshPrivateKey: holds a secret in plain text" in message
     assert "pulumi config set --secret sshPrivateKey" in message
     assert SSH_KEY_TEXT.splitlines()[1] not in message
     assert failure.value.declared == []

@@ -47,6 +47,32 @@ def test_defaults_match_the_documented_table():
     assert settings.node_access.nodes == () and settings.node_access.restart_k3s is True
     assert settings.node_access.restart_timeout_seconds == 300
     assert settings.node_access.migrate_from_guide is False and registry.existing_claim is None
+    assert registry.mirrors == ()
+
+
+def test_caches_get_well_known_urls_and_the_next_free_ports():
+    settings = parse_settings(raw(port="5000", mirrors=[
+        {"upstream": "docker.io"}, {"upstream": "ghcr.io", "port": 5001}, {"upstream": "Quay.io", "storageSize": "30Gi"},
+        {"upstream": "harbor.lab.test:8443", "url": "https://harbor.lab.test:8443/"},
+    ]))
+    mirrors = {m.upstream: m for m in settings.registry.mirrors}
+    assert mirrors["docker.io"].url == "https://registry-1.docker.io" and mirrors["docker.io"].port == 5002
+    assert mirrors["ghcr.io"].port == 5001
+    assert mirrors["quay.io"].port == 5003 and mirrors["quay.io"].storage_size == "30Gi"
+    assert mirrors["harbor.lab.test:8443"].url == "https://harbor.lab.test:8443"
+    assert mirrors["harbor.lab.test:8443"].slug == "harbor-lab-test-8443"
+    assert settings.registry.mirror_address(mirrors["docker.io"]) == "registry.cube.local:5002"
+
+
+def test_a_cache_password_is_never_shown():
+    settings = parse_settings(raw(mirrors=[{"upstream": "docker.io", "username": "me", "password": "hunter2"}]))
+    (mirror,) = settings.registry.mirrors
+    assert mirror.password.value == "hunter2" and "hunter2" not in repr(settings)
+
+
+def test_ttl_is_accepted_with_a_registry_3_image():
+    settings = parse_settings(raw(image="registry:3.0.0", mirrors=[{"upstream": "docker.io", "ttl": "720h"}]))
+    assert settings.registry.mirrors[0].ttl == "720h"
 
 
 def test_the_guides_cluster_is_read_from_the_dev_stack_file():
@@ -160,7 +186,7 @@ def test_project_file_declares_every_scalar_and_list_key_with_its_default():
     }
     # Declared: the required keys and every key with a default. Optional keys without a default
     # stay undeclared, or the CLI would require them (tests/test_cli_config.py).
-    optional_without_default = {"storageClass", "sshPrivateKey", "nodeSelector", "nodes", "existingClaim"}
+    optional_without_default = {"storageClass", "sshPrivateKey", "nodeSelector", "nodes", "existingClaim", "mirrors"}
     assert set(declared) == set(KNOWN_KEYS) - optional_without_default
     for key, entry in declared.items():
         assert entry["type"] in ("string", "integer", "boolean", "array") and entry["description"]
