@@ -148,12 +148,12 @@ def entry(document, section, address):
     return entries.get(address) if isinstance(entries, dict) else None
 
 
-def mirror_findings(document, address):
-    mirror = entry(document, "mirrors", address)
+def mirror_findings(document, name, address):
+    mirror = entry(document, "mirrors", name)
     if mirror is None:
-        return ["registries.yaml has no mirror for " + address]
+        return ["registries.yaml has no mirror for " + name]
     if mirror != {"endpoint": ["https://" + address]}:
-        return ["registries.yaml: the mirror for " + address + " is not https://" + address + " alone"]
+        return ["registries.yaml: the mirror for " + name + " is not https://" + address + " alone"]
     return []
 
 
@@ -179,19 +179,27 @@ def config_findings(document, address, ca_file, auth):
     return found
 
 
-def main(path, address, ca_file):
+def main(path, address, ca_file, caches="[]"):
     auth = json.loads(sys.stdin.read() or "{}")
     document, problem = load(path)
-    found = [problem] if problem else mirror_findings(document, address) + config_findings(document, address, ca_file, auth)
+    if problem:
+        found = [problem]
+    else:
+        found = mirror_findings(document, address, address) + config_findings(document, address, ca_file, auth)
+        for cache in json.loads(caches):
+            found += mirror_findings(document, cache["upstream"], cache["address"])
+            found += config_findings(document, cache["address"], ca_file, auth)
     if found:
         print("; ".join(found))
 
 
-main(*sys.argv[1:4])
+main(*sys.argv[1:5])
 '''
 
 
-def registries_probe_script(target: NodeTarget, address: str, ca_pem: str) -> str:
+def registries_probe_script(
+    target: NodeTarget, address: str, ca_pem: str, caches: tuple[tuple[str, str], ...] = ()
+) -> str:
     """In sync when k3s's CA file holds the PEM and registries.yaml has our mirror and configs entry.
 
     Expected credentials (if the step sets any) must be given to the probe on stdin, as the
@@ -203,6 +211,7 @@ def registries_probe_script(target: NodeTarget, address: str, ca_pem: str) -> st
 ca_file={q(target.k3s_ca_file)}
 registries={q(REGISTRIES_YAML)}
 address={q(address)}
+caches={q(node_scripts.caches_json(caches))}
 """
         + _same_bytes_check("ca_file", node_scripts.with_final_newline(ca_pem), "k3s: CA file")
         + f"""\
@@ -214,7 +223,7 @@ else
   fi
   # shellcheck disable=SC2016  # Python source, kept literal on purpose
   checker={q(REGISTRIES_CHECKER_SOURCE)}
-  findings=$(python3 -c "$checker" "$registries" "$address" "$ca_file")
+  findings=$(python3 -c "$checker" "$registries" "$address" "$ca_file" "$caches")
   if [ -n "$findings" ]; then
     drift "$findings"
   fi

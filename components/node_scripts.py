@@ -7,6 +7,7 @@ single-quoted literals; nothing secret is ever embedded (secrets travel on stdin
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 from typing import Optional
@@ -470,8 +471,17 @@ edit_registries() {{
     )
 
 
+def caches_json(caches: tuple[tuple[str, str], ...]) -> str:
+    """The pull-through caches as the registries editor takes them: [{upstream, address}]."""
+    return json.dumps([{"upstream": upstream, "address": address} for upstream, address in caches], sort_keys=True)
+
+
 def registries_install_script(
-    target: NodeTarget, address: str, ca_pem: str, guide_hostname: Optional[str] = None
+    target: NodeTarget,
+    address: str,
+    ca_pem: str,
+    guide_hostname: Optional[str] = None,
+    caches: tuple[tuple[str, str], ...] = (),
 ) -> str:
     """Points k3s at the registry: a mirror and a configs entry keyed host:port, with our CA file.
 
@@ -481,6 +491,9 @@ def registries_install_script(
     Credentials, when there are any, are read from stdin by the editor, never from the text.
     With ``guide_hostname`` (migrateFromGuide) the manual guide's configs entry for that bare
     host name goes, from the file and from the copy kept to give back on destroy.
+    ``caches``: (upstream, host:port) of each pull-through cache: ``mirrors.<upstream>`` points
+    there, with the same CA and credentials. A cache dropped from the list is taken out again;
+    a mirror of the same upstream that this program did not write stops the step, by name.
     """
     forget_guide = (
         f"""\
@@ -517,7 +530,10 @@ echo "registry CA file for k3s: $changed"
 old_address=
 if [ -e "$state/address" ]; then old_address=$(cat "$state/address"); fi
 current="$registries"
-{forget_guide}edit_registries merge "$current" "$address" "$ca_file" "$old_address" > "$work/registries"
+caches={q(caches_json(caches))}
+old_caches=
+if [ -e "$state/caches" ]; then old_caches=$(cat "$state/caches"); fi
+{forget_guide}edit_registries merge "$current" "$address" "$ca_file" "$old_address" "$caches" "$old_caches" > "$work/registries"
 registries_changed=no
 if [ ! -e "$registries" ] || ! cmp -s "$work/registries" "$registries"; then
   # Recorded before the write, so a run cut short after it still restarts k3s later: the
@@ -537,6 +553,8 @@ if [ "$(stat -c %a "$registries")" != 600 ]; then chmod 600 "$registries"; fi
 replace_file "$state/written" 600 "$registries"
 printf '%s\\n' "$address" > "$work/address"
 replace_file "$state/address" 600 "$work/address"
+printf '%s\\n' "$caches" > "$work/caches"
+replace_file "$state/caches" 600 "$work/caches"
 echo "registries.yaml: $registries_changed"
 # The restart step's text carries this line: a new generation makes the engine run it.
 if [ -s "$state/restart-pending" ]; then
@@ -556,7 +574,7 @@ fi
 _GIVE_BACK_FUNCTION = """\
 give_back_registries() {
   if [ ! -e "$state/address" ]; then
-    rm -f "$state/written" "$state/original" "$state/original-absent"
+    rm -f "$state/written" "$state/original" "$state/original-absent" "$state/caches"
     return 0
   fi
   if [ -e "$state/original" ] && [ -e "$registries" ] && cmp -s "$state/original" "$registries"; then
@@ -572,7 +590,9 @@ give_back_registries() {
     fi
   elif [ -e "$registries" ]; then
     # Edited since we wrote it: keep those edits, take out only this registry's entries.
-    edit_registries unmerge "$registries" "$address" > "$work/without-current"
+    written_caches=
+    if [ -e "$state/caches" ]; then written_caches=$(cat "$state/caches"); fi
+    edit_registries unmerge "$registries" "$address" "$written_caches" > "$work/without-current"
     edit_registries unmerge "$work/without-current" "$(cat "$state/address")" > "$work/registries"
     if [ -e "$state/original-absent" ] && [ ! -s "$work/registries" ]; then
       : > "$state/restart-pending"
@@ -584,7 +604,7 @@ give_back_registries() {
   fi
   # First what marks the file as ours: cut short after it, the next run only tidies up.
   rm -f "$state/address"
-  rm -f "$state/written" "$state/original" "$state/original-absent"
+  rm -f "$state/written" "$state/original" "$state/original-absent" "$state/caches"
   echo "registries.yaml: given back"
 }
 """

@@ -120,6 +120,7 @@ class NodeConfiguration(pulumi.ComponentResource):
 
         probe_target = NodeTarget(node_name=node.name, role=node.role, instance_id=args.instance_id)
         guide_hostname = registry.hostname if args.migrate_from_guide else None
+        caches = tuple((mirror.upstream, registry.mirror_address(mirror)) for mirror in registry.mirrors)
         self.trust = step(
             "trust",
             script(lambda t, pem: node_scripts.trust_install_script(t, pem, guide_hostname)),
@@ -139,9 +140,13 @@ class NodeConfiguration(pulumi.ComponentResource):
         restart_settings = (args.restart_k3s, args.restart_timeout_seconds)
         self.registries = step(
             "k3s",
-            script(lambda t, pem: node_scripts.registries_install_script(t, registry.address, pem, guide_hostname)),
+            script(
+                lambda t, pem: node_scripts.registries_install_script(t, registry.address, pem, guide_hostname, caches)
+            ),
             script(lambda t, _pem: node_scripts.registries_remove_script(t, registry.address, *restart_settings)),
-            probe=anchor.apply(lambda pem: drift_probes.registries_probe_script(probe_target, registry.address, pem)),
+            probe=anchor.apply(
+                lambda pem: drift_probes.registries_probe_script(probe_target, registry.address, pem, caches)
+            ),
             stdin=args.registry_credentials,
         )
         # Runs whenever the k3s step changed registries.yaml (its generation is in the text),

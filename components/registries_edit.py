@@ -4,8 +4,10 @@ This file runs on the node (``python3 -c <source>``), so it uses only the standa
 PyYAML, and never prints the document: registries.yaml can hold other registries' passwords.
 The caller writes the result; this program only reads the current file and prints the new one.
 
-    merge   FILE ADDRESS CA_FILE [OLD_ADDRESS]  < auth.json   (auth.json: {} or {"username","password"})
-    unmerge FILE ADDRESS
+    merge   FILE ADDRESS CA_FILE [OLD_ADDRESS [CACHES [OLD_CACHES]]]  < auth.json
+            (auth.json: {} or {"username","password"}; CACHES: JSON [{"upstream","address"}], the
+            pull-through caches: mirrors.<upstream> -> https://<address> with the same CA and auth)
+    unmerge FILE ADDRESS [CACHES]
     forget-guide FILE HOSTNAME   the manual guide's entry: configs.HOSTNAME (no port) with its key_file
 """
 
@@ -48,11 +50,49 @@ def remove_registry(document, address):
 
 
 def add_registry(document, address, ca_file, auth):
+    document.setdefault("mirrors", {})[address] = {"endpoint": [f"https://{address}"]}
+    document.setdefault("configs", {})[address] = _config(ca_file, auth)
+    return document
+
+
+def _config(ca_file, auth):
     config = {"tls": {"ca_file": ca_file}}
     if auth:
         config["auth"] = {"username": auth["username"], "password": auth["password"]}
-    document.setdefault("mirrors", {})[address] = {"endpoint": [f"https://{address}"]}
-    document.setdefault("configs", {})[address] = config
+    return config
+
+
+def remove_cache(document, cache):
+    """Takes out a cache this program wrote: its configs entry, and the upstream's mirror if it is ours."""
+    mirrors = document.get("mirrors")
+    if isinstance(mirrors, dict) and mirrors.get(cache["upstream"]) == {"endpoint": [f"https://{cache['address']}"]}:
+        del mirrors[cache["upstream"]]
+        if not mirrors:
+            del document["mirrors"]
+    remove_registry_configs(document, cache["address"])
+    return document
+
+
+def remove_registry_configs(document, address):
+    configs = document.get("configs")
+    if isinstance(configs, dict):
+        configs.pop(address, None)
+        if not configs:
+            del document["configs"]
+
+
+def add_caches(document, caches, ca_file, auth):
+    """k3s asks mirrors.<upstream> first and falls back to the upstream itself when they fail."""
+    mirrors = document.get("mirrors") if isinstance(document.get("mirrors"), dict) else {}
+    taken = sorted(cache["upstream"] for cache in caches if cache["upstream"] in mirrors)
+    if taken:
+        raise EditError(
+            "registries.yaml already has a mirror for " + ", ".join(taken) + " that this program did not write; "
+            "remove it from the file, or remove that upstream from the stack's mirrors"
+        )
+    for cache in caches:
+        document.setdefault("mirrors", {})[cache["upstream"]] = {"endpoint": [f"https://{cache['address']}"]}
+        document.setdefault("configs", {})[cache["address"]] = _config(ca_file, auth)
     return document
 
 
@@ -86,15 +126,21 @@ def render(document):
     return yaml.safe_dump(document, default_flow_style=False, sort_keys=False)
 
 
-def merge(text, address, ca_file, old_address=None, auth=None):
+def merge(text, address, ca_file, old_address=None, auth=None, caches=(), old_caches=()):
     document = load_document(text)
     if old_address and old_address != address:
         remove_registry(document, old_address)
-    return render(add_registry(remove_registry(document, address), address, ca_file, auth))
+    for cache in list(old_caches) + list(caches):
+        remove_cache(document, cache)
+    add_registry(remove_registry(document, address), address, ca_file, auth)
+    return render(add_caches(document, caches, ca_file, auth))
 
 
-def unmerge(text, address):
-    return render(remove_registry(load_document(text), address))
+def unmerge(text, address, caches=()):
+    document = remove_registry(load_document(text), address)
+    for cache in caches:
+        remove_cache(document, cache)
+    return render(document)
 
 
 def _read(path):
@@ -110,10 +156,13 @@ def main(argv):
     if command == "merge":
         ca_file = argv[4]
         old_address = argv[5] if len(argv) > 5 else None
+        caches = json.loads(argv[6]) if len(argv) > 6 and argv[6] else []
+        old_caches = json.loads(argv[7]) if len(argv) > 7 and argv[7] else []
         auth = json.loads(sys.stdin.read() or "{}")
-        result = merge(_read(path), address, ca_file, old_address, auth)
+        result = merge(_read(path), address, ca_file, old_address, auth, caches, old_caches)
     elif command == "unmerge":
-        result = unmerge(_read(path), address)
+        caches = json.loads(argv[4]) if len(argv) > 4 and argv[4] else []
+        result = unmerge(_read(path), address, caches)
     elif command == "forget-guide":
         result = forget_guide(_read(path), address)
     else:

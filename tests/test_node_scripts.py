@@ -246,3 +246,38 @@ def test_a_server_waits_until_the_unit_is_back_and_the_api_answers(odd_node, cli
 def scripts_pem(scripts) -> str:
     text = scripts["trust install"]
     return text[text.index("-----BEGIN CERTIFICATE-----"):text.index("-----END CERTIFICATE-----")] + "-----END CERTIFICATE-----\n"
+
+
+# ------------------------------------------------------------------ pull-through caches in registries.yaml
+
+CACHES = [{"upstream": "docker.io", "address": "registry.cube.local:5001"},
+          {"upstream": "ghcr.io", "address": "registry.cube.local:5002"}]
+AUTH = {"username": "registry", "password": "pw"}
+
+
+def test_each_cache_is_the_mirror_of_its_upstream_with_our_ca_and_credentials():
+    document = yaml.safe_load(merge("", ADDRESS, "/ca.crt", None, AUTH, CACHES))
+    assert document["mirrors"]["docker.io"] == {"endpoint": ["https://registry.cube.local:5001"]}
+    assert document["mirrors"]["ghcr.io"] == {"endpoint": ["https://registry.cube.local:5002"]}
+    for address in ("registry.cube.local:5001", "registry.cube.local:5002", ADDRESS):
+        assert document["configs"][address] == {"tls": {"ca_file": "/ca.crt"}, "auth": AUTH}
+
+
+def test_merging_again_changes_nothing_and_a_dropped_cache_leaves_exactly_its_entries():
+    text = merge("mirrors:\n  quay.io:\n    endpoint: [https://quay.lab.test]\n", ADDRESS, "/ca.crt", None, AUTH, CACHES)
+    assert merge(text, ADDRESS, "/ca.crt", None, AUTH, CACHES, CACHES) == text
+    fewer = yaml.safe_load(merge(text, ADDRESS, "/ca.crt", None, AUTH, CACHES[:1], CACHES))
+    assert "ghcr.io" not in fewer["mirrors"] and "registry.cube.local:5002" not in fewer["configs"]
+    assert fewer["mirrors"]["quay.io"] == {"endpoint": ["https://quay.lab.test"]}
+    assert fewer["mirrors"]["docker.io"] == {"endpoint": ["https://registry.cube.local:5001"]}
+
+
+def test_a_mirror_of_the_same_upstream_that_we_did_not_write_is_a_conflict_named_not_overwritten():
+    theirs = "mirrors:\n  docker.io:\n    endpoint: [https://mirror.lab.test]\n"
+    with pytest.raises(EditError, match="already has a mirror for docker.io that this program did not write"):
+        merge(theirs, ADDRESS, "/ca.crt", None, AUTH, CACHES)
+
+
+def test_unmerge_takes_out_the_registry_and_its_caches_only():
+    text = merge("mirrors:\n  quay.io:\n    endpoint: [https://quay.lab.test]\n", ADDRESS, "/ca.crt", None, AUTH, CACHES)
+    assert yaml.safe_load(unmerge(text, ADDRESS, CACHES)) == {"mirrors": {"quay.io": {"endpoint": ["https://quay.lab.test"]}}}
