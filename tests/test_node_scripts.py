@@ -281,3 +281,8 @@ def test_a_mirror_of_the_same_upstream_that_we_did_not_write_is_a_conflict_named
 def test_unmerge_takes_out_the_registry_and_its_caches_only():
     text = merge("mirrors:\n  quay.io:\n    endpoint: [https://quay.lab.test]\n", ADDRESS, "/ca.crt", None, AUTH, CACHES)
     assert yaml.safe_load(unmerge(text, ADDRESS, CACHES)) == {"mirrors": {"quay.io": {"endpoint": ["https://quay.lab.test"]}}}
+
+
+def test_with_auth_off_the_caches_get_the_ca_and_no_credentials():
+    document = yaml.safe_load(merge("", ADDRESS, "/ca.crt", None, {}, CACHES))
+    assert document["configs"]["registry.cube.local:5001"] == {"tls": {"ca_file": "/ca.crt"}}
