@@ -27,6 +27,7 @@ pulumi.export("caCertificatePem", registry.trust_anchor_pem)
 pulumi.export("namespace", registry.namespace)
 pulumi.export("loadBalancerIp", registry.load_balancer_ip)
 pulumi.export("configuredNodes", nodes.node_names)
+pulumi.export("mirrors", registry.mirrors)
 if registry.username is not None:
     pulumi.export("registryUsername", registry.username)
     pulumi.export("registryPassword", registry.password)

@@ -12,12 +12,14 @@ namespace and, with it, the claim and its data.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Optional
+from urllib.parse import urlsplit
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from .config import RegistrySettings
+from .config import MirrorSettings, RegistrySettings
 
 # The namespace admits only pods that meet the Kubernetes "restricted" Pod Security Standard.
 POD_SECURITY_LABELS = {
@@ -39,10 +41,27 @@ RUN_AS_ID = 10001
 # in the claim. Mounting the same sub-directory at our storage root finds them unchanged.
 GUIDE_CLAIM_SUB_PATH = "registry"
 METALLB_IP_ANNOTATION = "metallb.universe.tf/loadBalancerIPs"
+# MetalLB gives one IP to several Services only when each carries this annotation with the
+# same key (and their ports differ): the registry and its caches share the registry's IP.
+METALLB_SHARED_IP_ANNOTATION = "metallb.universe.tf/allow-shared-ip"
+CACHE_COMPONENT = "pull-through-cache"
+UPSTREAM_USERNAME_KEY = "username"
+UPSTREAM_PASSWORD_KEY = "password"
+# k3s's CoreDNS: pods labelled k8s-app=kube-dns in kube-system (k3s manifests/coredns.yaml).
+CLUSTER_DNS_NAMESPACE = "kube-system"
+CLUSTER_DNS_POD_LABELS = {"k8s-app": "kube-dns"}
 CERTIFICATE_HASH_ANNOTATION = "k3s-registry.dev/certificate-sha256"
 
 
-def scanner_exceptions(settings: RegistrySettings) -> dict[str, str]:
+# On a cache with upstream credentials only.
+UPSTREAM_CREDENTIALS_EXCEPTION = (
+    "CKV_K8S_35=distribution takes its upstream credentials only from its config file or the"
+    " environment (REGISTRY_PROXY_USERNAME/PASSWORD), never from a file of their own; the environment"
+    " gets them from a Secret through secretKeyRef, so they are never in the pod spec"
+)
+
+
+def scanner_exceptions(settings: RegistrySettings, extra: Sequence[str] = ()) -> dict[str, str]:
     """checkov findings that do not fit this program, each with its reason, on the Deployment.
 
     tests/test_manifest_scan.py runs checkov over every manifest and fails on any other finding.
@@ -55,15 +74,34 @@ def scanner_exceptions(settings: RegistrySettings) -> dict[str, str]:
     if "@sha256:" not in settings.image:
         reasons.insert(0, "CKV_K8S_43=the image is the pinned tag from the image setting;"
                           " set image to name:tag@sha256:<digest> to pin a digest")
+    reasons += extra
     return {f"checkov.io/skip{number}": reason for number, reason in enumerate(reasons, start=1)}
 
 
-def pod_labels(name: str) -> dict[str, str]:
-    return {"app.kubernetes.io/name": "registry", "app.kubernetes.io/instance": name}
+def pod_labels(name: str, component: Optional[str] = None) -> dict[str, str]:
+    """A cache's ``name`` is its own (``<registry>-cache-<slug>``): no selector of the
+    registry's, which matches on ``instance``, ever picks a cache's pods up, nor the reverse."""
+    labels = {"app.kubernetes.io/name": "registry", "app.kubernetes.io/instance": name}
+    if component is not None:
+        labels["app.kubernetes.io/component"] = component
+    return labels
 
 
-def object_labels(name: str) -> dict[str, str]:
-    return {**pod_labels(name), "app.kubernetes.io/managed-by": "pulumi"}
+def object_labels(name: str, component: Optional[str] = None) -> dict[str, str]:
+    return {**pod_labels(name, component), "app.kubernetes.io/managed-by": "pulumi"}
+
+
+def cache_name(name: str, mirror: MirrorSettings) -> str:
+    """``<registry>-cache-<slug>``, shortened with a hash to fit a Service name (63 characters)."""
+    full = f"{name}-cache-{mirror.slug}"
+    if len(full) <= 63:
+        return full
+    return f"{full[:54].rstrip('-')}-{hashlib.sha256(full.encode()).hexdigest()[:8]}"
+
+
+def upstream_port(mirror: MirrorSettings) -> int:
+    """The TCP port of the upstream's https URL (443 unless the URL names one)."""
+    return urlsplit(mirror.url).port or 443
 
 
 def create_namespace(
@@ -125,16 +163,67 @@ def create_htpasswd_secret(
     )
 
 
+def create_upstream_secret(
+    name: str, mirror: MirrorSettings, namespace: pulumi.Input[str], parent: pulumi.Resource
+) -> k8s.core.v1.Secret:
+    """A cache's credentials for its upstream; the pod gets them only through secretKeyRefs.
+
+    Auto-named: pulumi-kubernetes replaces a Secret whose data changes, so new credentials
+    come under a new name, which changes the pod template and restarts the cache with them.
+    """
+    assert mirror.username is not None and mirror.password is not None
+    return k8s.core.v1.Secret(
+        f"{name}-upstream",
+        metadata=k8s.meta.v1.ObjectMetaArgs(namespace=namespace, labels=object_labels(name, CACHE_COMPONENT)),
+        type="Opaque",
+        string_data={
+            UPSTREAM_USERNAME_KEY: mirror.username,
+            UPSTREAM_PASSWORD_KEY: pulumi.Output.secret(mirror.password.value),
+        },
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+
+def proxy_environment(
+    mirror: MirrorSettings, upstream_secret_name: Optional[pulumi.Input[str]]
+) -> list[k8s.core.v1.EnvVarArgs]:
+    """distribution's proxy mode: a read-only pull-through cache of ``mirror.url``."""
+    env = [k8s.core.v1.EnvVarArgs(name="REGISTRY_PROXY_REMOTEURL", value=mirror.url)]
+    if upstream_secret_name is not None:
+        env += [
+            k8s.core.v1.EnvVarArgs(
+                name=f"REGISTRY_PROXY_{key.upper()}",
+                value_from=k8s.core.v1.EnvVarSourceArgs(
+                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=upstream_secret_name, key=key)
+                ),
+            )
+            for key in (UPSTREAM_USERNAME_KEY, UPSTREAM_PASSWORD_KEY)
+        ]
+    if mirror.ttl is not None:
+        env.append(k8s.core.v1.EnvVarArgs(name="REGISTRY_PROXY_TTL", value=mirror.ttl))
+    return env
+
+
 def create_storage_claim(
-    name: str, settings: RegistrySettings, namespace: pulumi.Input[str], parent: pulumi.Resource
+    name: str,
+    settings: RegistrySettings,
+    namespace: pulumi.Input[str],
+    parent: pulumi.Resource,
+    storage_size: Optional[str] = None,
+    component: Optional[str] = None,
 ) -> k8s.core.v1.PersistentVolumeClaim:
+    """``storage_size`` (a cache's) overrides the registry's."""
     return k8s.core.v1.PersistentVolumeClaim(
         f"{name}-data",
-        metadata=k8s.meta.v1.ObjectMetaArgs(name=f"{name}-data", namespace=namespace, labels=object_labels(name)),
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=f"{name}-data", namespace=namespace, labels=object_labels(name, component)
+        ),
         spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
             access_modes=["ReadWriteOnce"],
             storage_class_name=settings.storage_class,
-            resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": settings.storage_size}),
+            resources=k8s.core.v1.VolumeResourceRequirementsArgs(
+                requests={"storage": storage_size or settings.storage_size}
+            ),
         ),
         opts=pulumi.ResourceOptions(parent=parent),
     )
@@ -196,10 +285,14 @@ def create_deployment(
     parent: pulumi.Resource,
     htpasswd_secret_name: Optional[pulumi.Input[str]] = None,
     data_sub_path: Optional[str] = None,
+    component: Optional[str] = None,
+    extra_env: Sequence[k8s.core.v1.EnvVarArgs] = (),
+    extra_scanner_exceptions: Sequence[str] = (),
 ) -> k8s.apps.v1.Deployment:
     """``htpasswd_secret_name`` is given exactly when authentication is on; ``data_sub_path``
-    is the directory of the claim that holds the storage root (the whole claim by default)."""
-    labels = pod_labels(name)
+    is the directory of the claim that holds the storage root (the whole claim by default).
+    A cache is the same Deployment with its own name, ``component`` and proxy ``extra_env``."""
+    labels = pod_labels(name, component)
     auth_mounts, auth_volumes = [], []
     if htpasswd_secret_name is not None:
         auth_mounts = [k8s.core.v1.VolumeMountArgs(name="auth", mount_path=AUTH_MOUNT_PATH, read_only=True)]
@@ -214,7 +307,7 @@ def create_deployment(
         image=settings.image,
         image_pull_policy="IfNotPresent",
         ports=[k8s.core.v1.ContainerPortArgs(name=CONTAINER_PORT_NAME, container_port=CONTAINER_PORT, protocol="TCP")],
-        env=registry_environment(settings),
+        env=[*registry_environment(settings), *extra_env],
         volume_mounts=[
             k8s.core.v1.VolumeMountArgs(name="certs", mount_path=CERTS_MOUNT_PATH, read_only=True),
             k8s.core.v1.VolumeMountArgs(name="data", mount_path=DATA_MOUNT_PATH, sub_path=data_sub_path),
@@ -260,7 +353,8 @@ def create_deployment(
     return k8s.apps.v1.Deployment(
         f"{name}-deployment",
         metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=name, namespace=namespace, labels=object_labels(name), annotations=scanner_exceptions(settings)
+            name=name, namespace=namespace, labels=object_labels(name, component),
+            annotations=scanner_exceptions(settings, extra_scanner_exceptions),
         ),
         spec=k8s.apps.v1.DeploymentSpecArgs(
             replicas=1,
@@ -281,51 +375,95 @@ def create_deployment(
     )
 
 
+def cache_egress(mirror: MirrorSettings) -> list[k8s.networking.v1.NetworkPolicyEgressRuleArgs]:
+    """What a cache may reach: its upstream's port (any address: the upstream's IPs are not
+    known in advance) and the cluster DNS, to resolve the upstream's name."""
+    return [
+        k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+            ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=upstream_port(mirror), protocol="TCP")]
+        ),
+        k8s.networking.v1.NetworkPolicyEgressRuleArgs(
+            to=[
+                k8s.networking.v1.NetworkPolicyPeerArgs(
+                    namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                        match_labels={"kubernetes.io/metadata.name": CLUSTER_DNS_NAMESPACE}
+                    ),
+                    pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=CLUSTER_DNS_POD_LABELS),
+                )
+            ],
+            ports=[
+                k8s.networking.v1.NetworkPolicyPortArgs(port=53, protocol="UDP"),
+                k8s.networking.v1.NetworkPolicyPortArgs(port=53, protocol="TCP"),
+            ],
+        ),
+    ]
+
+
 def create_network_policy(
-    name: str, namespace: pulumi.Input[str], parent: pulumi.Resource
+    name: str,
+    namespace: pulumi.Input[str],
+    parent: pulumi.Resource,
+    component: Optional[str] = None,
+    egress: Sequence[k8s.networking.v1.NetworkPolicyEgressRuleArgs] = (),
 ) -> k8s.networking.v1.NetworkPolicy:
     """The registry port is open to every client and node; the pod itself reaches nothing.
 
     The registry needs no outbound connection (filesystem storage, no notifications), so a
     compromised pod cannot reach the rest of the network. k3s enforces NetworkPolicies with
-    its embedded kube-router.
+    its embedded kube-router. A cache gets ``egress`` (see cache_egress), nothing more.
     """
     return k8s.networking.v1.NetworkPolicy(
         f"{name}-network-policy",
-        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=object_labels(name)),
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=object_labels(name, component)),
         spec=k8s.networking.v1.NetworkPolicySpecArgs(
-            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=pod_labels(name)),
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=pod_labels(name, component)),
             policy_types=["Ingress", "Egress"],
             ingress=[
                 k8s.networking.v1.NetworkPolicyIngressRuleArgs(
                     ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=CONTAINER_PORT, protocol="TCP")]
                 )
             ],
-            egress=[],
+            egress=list(egress),
         ),
         opts=pulumi.ResourceOptions(parent=parent),
     )
 
 
+def shared_ip_key(settings: RegistrySettings) -> Optional[str]:
+    """MetalLB's sharing key for the registry's IP, when caches share it (else no annotation)."""
+    return f"k3s-registry-{settings.namespace}" if settings.mirrors else None
+
+
 def create_service(
-    name: str, settings: RegistrySettings, namespace: pulumi.Input[str], parent: pulumi.Resource
+    name: str,
+    settings: RegistrySettings,
+    namespace: pulumi.Input[str],
+    parent: pulumi.Resource,
+    port: Optional[int] = None,
+    component: Optional[str] = None,
 ) -> k8s.core.v1.Service:
+    """``port`` (a cache's) replaces the registry's port, on the same IP."""
     # The IP is requested through MetalLB's annotation: spec.loadBalancerIP is deprecated and
     # MetalLB rejects a Service that sets both.
+    annotations = {METALLB_IP_ANNOTATION: settings.load_balancer_ip}
+    key = shared_ip_key(settings)
+    if key is not None:
+        annotations[METALLB_SHARED_IP_ANNOTATION] = key
     return k8s.core.v1.Service(
         f"{name}-service",
         metadata=k8s.meta.v1.ObjectMetaArgs(
             name=name,
             namespace=namespace,
-            labels=object_labels(name),
-            annotations={METALLB_IP_ANNOTATION: settings.load_balancer_ip},
+            labels=object_labels(name, component),
+            annotations=annotations,
         ),
         spec=k8s.core.v1.ServiceSpecArgs(
             type="LoadBalancer",
-            selector=pod_labels(name),
+            selector=pod_labels(name, component),
             ports=[
                 k8s.core.v1.ServicePortArgs(
-                    name=CONTAINER_PORT_NAME, port=settings.port, target_port=CONTAINER_PORT_NAME, protocol="TCP"
+                    name=CONTAINER_PORT_NAME, port=port or settings.port, target_port=CONTAINER_PORT_NAME,
+                    protocol="TCP",
                 )
             ],
         ),

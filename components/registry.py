@@ -9,7 +9,7 @@ import pulumi_random as random
 
 from . import cluster
 from .certificates import create_registry_certificates
-from .config import RegistrySettings
+from .config import MirrorSettings, RegistrySettings
 
 PASSWORD_LENGTH = 32
 
@@ -38,6 +38,9 @@ class Registry(pulumi.ComponentResource):
 
     password: Optional[pulumi.Output[str]]
     """The registry user's generated password (secret), when authentication is on."""
+
+    mirrors: pulumi.Output[dict[str, str]]
+    """upstream -> ``hostname:port`` of its pull-through cache (empty without caches)."""
 
     def __init__(self, name: str, args: RegistrySettings, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("k3s-registry:index:Registry", name, None, opts)
@@ -92,11 +95,19 @@ class Registry(pulumi.ComponentResource):
         # API away while pulumi-kubernetes creates and awaits them.
         self.workloads: list[pulumi.Resource] = [self.deployment, self.service]
         cluster.create_network_policy(name, namespace_name, parent=self)
+        for mirror in settings.mirrors:
+            self.workloads += self._create_cache(
+                name, settings, mirror, namespace_name, tls_secret.metadata.name,
+                certificates.certificate_pem, htpasswd_secret_name,
+            )
 
         self.address = pulumi.Output.from_input(settings.address)
         self.trust_anchor_pem = certificates.trust_anchor_pem
         self.namespace = namespace_name
         self.load_balancer_ip = pulumi.Output.from_input(settings.load_balancer_ip)
+        self.mirrors = pulumi.Output.from_input(
+            {mirror.upstream: settings.mirror_address(mirror) for mirror in settings.mirrors}
+        )
         self.register_outputs(
             {
                 "address": self.address,
@@ -105,5 +116,46 @@ class Registry(pulumi.ComponentResource):
                 "loadBalancerIp": self.load_balancer_ip,
                 "username": self.username,
                 "password": self.password,
+                "mirrors": self.mirrors,
             }
         )
+
+    def _create_cache(
+        self,
+        name: str,
+        settings: RegistrySettings,
+        mirror: MirrorSettings,
+        namespace: pulumi.Input[str],
+        tls_secret_name: pulumi.Input[str],
+        certificate_pem: pulumi.Input[str],
+        htpasswd_secret_name: Optional[pulumi.Input[str]],
+    ) -> list[pulumi.Resource]:
+        """A pull-through cache of one upstream (distribution's proxy mode takes one each): the
+        registry's Deployment with its own name, volume and proxy settings, the same TLS and
+        htpasswd Secrets, on its own port of the registry's IP. Returns its workloads."""
+        cache = cluster.cache_name(name, mirror)
+        component = cluster.CACHE_COMPONENT
+        upstream_secret_name = None
+        if mirror.username is not None:
+            upstream_secret_name = cluster.create_upstream_secret(cache, mirror, namespace, parent=self).metadata.name
+        claim = cluster.create_storage_claim(
+            cache, settings, namespace, parent=self, storage_size=mirror.storage_size, component=component
+        )
+        deployment = cluster.create_deployment(
+            cache,
+            settings,
+            namespace=namespace,
+            secret_name=tls_secret_name,
+            claim_name=claim.metadata.name,
+            certificate_pem=certificate_pem,
+            htpasswd_secret_name=htpasswd_secret_name,
+            parent=self,
+            component=component,
+            extra_env=cluster.proxy_environment(mirror, upstream_secret_name),
+            extra_scanner_exceptions=[cluster.UPSTREAM_CREDENTIALS_EXCEPTION] if upstream_secret_name else [],
+        )
+        service = cluster.create_service(cache, settings, namespace, parent=self, port=mirror.port, component=component)
+        cluster.create_network_policy(
+            cache, namespace, parent=self, component=component, egress=cluster.cache_egress(mirror)
+        )
+        return [deployment, service]

@@ -4,6 +4,10 @@ Everything comes from the captured resources: the container's environment, where
 is mounted, which Secret backs the certs volume (matched by the name the Deployment refers
 to) and what that Secret holds, the user and group ids and the read-only root. The only
 thing the test adds is the listen address, which a pod gets from its network namespace.
+An environment variable taken from a Secret (``valueFrom.secretKeyRef``) gets that key of the
+declared Secret the reference names, as the kubelet resolves it when it starts the container.
+With several Deployments (the registry and its pull-through caches) ``deployment`` names the
+one to start (its Pulumi resource name, like ``registry-cache-docker-io-deployment``).
 
 A claim the program declares gets a fresh test-bed volume. A claim it only refers to (an
 existing one, ``existingClaim``) must be handed in as ``claims``: claim name -> the host
@@ -25,6 +29,22 @@ from testbed.registry import HostDir, RunningRegistry, start_registry
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SECRET = "kubernetes:core/v1:Secret"
 CLAIM = "kubernetes:core/v1:PersistentVolumeClaim"
+
+
+def _env_value(evaluation: Evaluation, item: dict[str, Any]) -> str:
+    if "value" in item:
+        return item["value"]
+    reference = item.get("valueFrom", {}).get("secretKeyRef")
+    if reference is None:
+        raise AssertionError(f"env {item['name']} has a source the test bed cannot provide: {item}")
+    files = _secret_files(evaluation, reference["name"])
+    if reference["key"] not in files:
+        raise AssertionError(f"env {item['name']} refers to key {reference['key']!r}, which Secret {reference['name']!r} lacks")
+    return files[reference["key"]].decode()
+
+
+def _deployment(evaluation: Evaluation, deployment: Optional[str]) -> Any:
+    return evaluation.one(DEPLOYMENT) if deployment is None else evaluation.named(deployment)
 
 
 def _secret_files(evaluation: Evaluation, secret_name: str) -> dict[str, bytes]:
@@ -74,17 +94,19 @@ def _volume_source(
     raise AssertionError(f"volume {volume['name']} has a source the test bed cannot provide: {volume}")
 
 
-def registry_pod_settings(evaluation: Evaluation, claims: Optional[Mapping[str, Path]] = None) -> dict[str, Any]:
+def registry_pod_settings(
+    evaluation: Evaluation, claims: Optional[Mapping[str, Path]] = None, deployment: Optional[str] = None
+) -> dict[str, Any]:
     """The arguments for ``start_registry``, read off the declared Deployment.
 
     ``claims``: existing claims the Deployment mounts (claim name -> host directory)."""
-    pod = evaluation.one(DEPLOYMENT).inputs["spec"]["template"]["spec"]
+    pod = _deployment(evaluation, deployment).inputs["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     pod_security = pod.get("securityContext", {})
     container_security = container.get("securityContext", {})
     return {
-        "env": {item["name"]: item["value"] for item in container["env"]},
+        "env": {item["name"]: _env_value(evaluation, item) for item in container["env"]},
         "volumes": {
             mount["mountPath"]: _volume_source(evaluation, volumes[mount["name"]], mount, claims or {})
             for mount in container["volumeMounts"]
@@ -100,22 +122,45 @@ def registry_pod_settings(evaluation: Evaluation, claims: Optional[Mapping[str, 
 
 
 def start_registry_pod(
-    evaluation: Evaluation, workdir: Path, listen_ip: str, claims: Optional[Mapping[str, Path]] = None
+    evaluation: Evaluation,
+    workdir: Path,
+    listen_ip: str,
+    claims: Optional[Mapping[str, Path]] = None,
+    deployment: Optional[str] = None,
+    env_overrides: Optional[Mapping[str, str]] = None,
+    timeout: float = 10.0,
+    port: Optional[int] = None,
+    extra_files: Optional[Mapping[str, Mapping[str, bytes]]] = None,
 ) -> RunningRegistry:
-    settings = registry_pod_settings(evaluation, claims)
-    port = settings.pop("container_port")
-    env = dict(settings.pop("env"))
+    """``env_overrides``: what the test changes in the pod's environment, stated by the test.
+    ``port``: listen there instead of the container port (a Service's port, which kube-proxy
+    would forward to the container port). ``extra_files``: mount path -> files, read-only,
+    that the test adds to the container (a CA bundle for a stand-in upstream)."""
+    settings = registry_pod_settings(evaluation, claims, deployment)
+    container_port = settings.pop("container_port")
+    port = port or container_port
+    settings["volumes"] = {**settings["volumes"], **(extra_files or {})}
+    env = {**settings.pop("env"), **(env_overrides or {})}
     # A pod listens on all of its own addresses; here the "pod" shares the loopback network.
     env["REGISTRY_HTTP_ADDR"] = f"{listen_ip}:{port}"
-    return start_registry(workdir, listen_ip=listen_ip, port=port, env=env, **settings)
+    return start_registry(workdir, listen_ip=listen_ip, port=port, env=env, timeout=timeout, **settings)
 
 
 @contextlib.contextmanager
 def registry_pod(
-    evaluation: Evaluation, workdir: Path, listen_ip: str, claims: Optional[Mapping[str, Path]] = None
+    evaluation: Evaluation,
+    workdir: Path,
+    listen_ip: str,
+    claims: Optional[Mapping[str, Path]] = None,
+    deployment: Optional[str] = None,
+    env_overrides: Optional[Mapping[str, str]] = None,
+    port: Optional[int] = None,
+    extra_files: Optional[Mapping[str, Mapping[str, bytes]]] = None,
 ) -> Iterator[RunningRegistry]:
     """The registry pod for the length of a ``with`` block (a fixture's lifetime)."""
-    running = start_registry_pod(evaluation, workdir, listen_ip, claims)
+    running = start_registry_pod(
+        evaluation, workdir, listen_ip, claims, deployment, env_overrides, port=port, extra_files=extra_files
+    )
     try:
         yield running
     finally:

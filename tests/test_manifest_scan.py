@@ -31,7 +31,19 @@ CONFIGS = {
     "without-auth": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3", "auth": "false"},
     "ecdsa-custom-port": {**GUIDE_CONFIG, "keyAlgorithm": "ECDSA", "port": "443", "certIpAddresses": ["fd00::5"]},
     "image-digest": {**GUIDE_CONFIG, "image": "registry:2.8.3@sha256:" + "a" * 64},
+    # Pull-through caches: a Deployment, Service, claim and NetworkPolicy each, an upstream Secret.
+    "caches": {**GUIDE_CONFIG, "mirrors": [
+        {"upstream": "docker.io", "username": "robot", "password": "not-a-real-password"},
+        {"upstream": "harbor.lab.test", "url": "https://harbor.lab.test:8443"},
+    ]},
+    "caches-without-auth": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3", "auth": "false",
+                            "mirrors": [{"upstream": "ghcr.io"}]},
 }
+
+
+def declared(config: dict[str, Any]):
+    """A cache's password makes ``mirrors`` a secret key, as `pulumi config set --secret` would."""
+    return evaluate(config, secret_keys=("mirrors",) if "mirrors" in config else ())
 MIN_CHECKS_PER_CONFIG = 50
 """checkov 3 runs about 90 checks on these objects; far fewer means it did not really scan."""
 
@@ -39,7 +51,7 @@ KINDS_WITHOUT_CHECKS = {"namespace", "persistentvolumeclaim", "networkpolicy"}
 """checkov 3 has no check of their own for these kinds (the NetworkPolicy is read by
 CKV2_K8S_6, a check on the pod); every other manifest must get checks."""
 
-ALLOWED_SKIPS = {"CKV_K8S_43", "CKV_K8S_15"}
+ALLOWED_SKIPS = {"CKV_K8S_43", "CKV_K8S_15", "CKV_K8S_35"}
 """Every exception is a reviewed change: its reason is in components/cluster.py, its id here."""
 
 
@@ -106,7 +118,7 @@ def weakened_deployment() -> dict[str, Any]:
 def scanned(tmp_path_factory):
     """One checkov run over the manifests of every configuration (its start-up dominates)."""
     root = tmp_path_factory.mktemp("manifest-scan")
-    files = {name: write_manifests(root / name, kubernetes_manifests(evaluate(config)))
+    files = {name: write_manifests(root / name, kubernetes_manifests(declared(config)))
              for name, config in CONFIGS.items()}
     write_manifests(root / "weakened", [weakened_deployment()])
     return root, files, scan(root)
@@ -144,11 +156,19 @@ def test_every_skipped_check_carries_its_reason(config_scan):
 
 
 def test_a_digest_pinned_image_is_checked_not_skipped(config_scan):
-    name, _, results = config_scan
+    name, files, results = config_scan
     digest_check = [c for kind in ("passed", "skipped") for c in results[kind] if c["check_id"] == "CKV_K8S_43"]
-    assert len(digest_check) == 1
+    deployments = [path for path in files if path.stem.endswith("-deployment")]
+    assert len(digest_check) == len(deployments) >= 1  # the registry's and each cache's
     expected = "PASSED" if name == "image-digest" else "SKIPPED"
-    assert digest_check[0]["check_result"]["result"] == expected
+    assert {check["check_result"]["result"] for check in digest_check} == {expected}
+
+
+def test_secrets_in_the_environment_are_skipped_only_on_a_cache_with_upstream_credentials(config_scan):
+    name, _, results = config_scan
+    skipped = sorted(c["resource"] for c in results["skipped"] if c["check_id"] == "CKV_K8S_35")
+    expected = ["Deployment.docker-registry.registry-cache-docker-io"] if name == "caches" else []
+    assert skipped == expected
 
 
 def test_the_scan_fails_a_weakened_deployment(scanned):
@@ -221,11 +241,13 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize("config_name", sorted(CONFIGS))
 def test_the_pod_meets_the_restricted_pod_security_standard(config_name):
-    manifests = kubernetes_manifests(evaluate(CONFIGS[config_name]))
+    manifests = kubernetes_manifests(declared(CONFIGS[config_name]))
     namespace = next(m for m in manifests if m["kind"] == "Namespace")
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
-    deployment = next(m for m in manifests if m["kind"] == "Deployment")
-    assert restricted_violations(deployment["spec"]["template"]["spec"]) == []
+    deployments = [m for m in manifests if m["kind"] == "Deployment"]
+    assert len(deployments) == 1 + len(CONFIGS[config_name].get("mirrors", []))
+    for deployment in deployments:
+        assert restricted_violations(deployment["spec"]["template"]["spec"]) == [], deployment["metadata"]["name"]
 
 
 def test_the_restricted_rules_reject_a_weakened_pod():

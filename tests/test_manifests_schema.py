@@ -12,17 +12,28 @@ CONFIGS = {
     "defaults": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3"},
     "without-auth": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3", "auth": "false"},
     "ecdsa-custom-port": {**GUIDE_CONFIG, "keyAlgorithm": "ECDSA", "port": "443", "certIpAddresses": ["fd00::5"]},
+    "caches": {**GUIDE_CONFIG, "mirrors": [
+        {"upstream": "docker.io", "username": "robot", "password": "not-a-real-password"},
+        {"upstream": "harbor.lab.test", "url": "https://harbor.lab.test:8443", "storageSize": "50Gi"},
+    ]},
+    "caches-without-auth": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3", "auth": "false",
+                            "mirrors": [{"upstream": "ghcr.io"}]},
 }
 
 
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def manifests(request):
-    return kubernetes_manifests(evaluate(CONFIGS[request.param]))
+    config = CONFIGS[request.param]
+    return kubernetes_manifests(evaluate(config, secret_keys=("mirrors",) if "mirrors" in config else ()))
 
 
 def kinds_for(config_name):
-    secrets = ["Secret"] if CONFIGS[config_name].get("auth") == "false" else ["Secret", "Secret"]
-    return sorted(["Deployment", "Namespace", "NetworkPolicy", "PersistentVolumeClaim", "Service", *secrets])
+    config = CONFIGS[config_name]
+    secrets = ["Secret"] if config.get("auth") == "false" else ["Secret", "Secret"]
+    caches = config.get("mirrors", [])
+    secrets += ["Secret" for mirror in caches if "password" in mirror]
+    per_cache = ["Deployment", "NetworkPolicy", "PersistentVolumeClaim", "Service"] * len(caches)
+    return sorted(["Deployment", "Namespace", "NetworkPolicy", "PersistentVolumeClaim", "Service", *secrets, *per_cache])
 
 
 def test_the_program_declares_every_kind(manifests, request):

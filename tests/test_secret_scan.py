@@ -29,7 +29,11 @@ NODES = [
     {"name": "cube01", "host": "192.168.0.111", "port": 2222, "user": "ubuntu", "role": "agent"},
     {"name": "cube02", "host": "192.168.0.112", "user": "pi", "role": "agent"},
 ]
-CONFIG = {**GUIDE_CONFIG, "auth": "true", "authUsername": "pusher", "nodes": NODES, "sshPrivateKey": SSH_PRIVATE_KEY}
+UPSTREAM_PASSWORD = "quay-robot-token-Xk29vQ81mZt"
+# A pull-through cache with upstream credentials: its password must stay as protected as ours.
+MIRRORS = [{"upstream": "quay.io", "username": "robot", "password": UPSTREAM_PASSWORD}, {"upstream": "docker.io"}]
+CONFIG = {**GUIDE_CONFIG, "auth": "true", "authUsername": "pusher", "nodes": NODES, "sshPrivateKey": SSH_PRIVATE_KEY,
+          "mirrors": MIRRORS}
 
 PATTERNS = {
     "a private key": re.compile(r"PRIVATE KEY"),
@@ -96,7 +100,7 @@ def strings_anywhere(value: Any) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def program():
-    return evaluate(CONFIG, secret_keys=("sshPrivateKey",))
+    return evaluate(CONFIG, secret_keys=("sshPrivateKey", "mirrors"))
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +115,7 @@ def secret_values(program) -> dict[str, str]:
     htpasswd = program.named("registry-htpasswd").inputs["stringData"]["htpasswd"]
     values["htpasswd"] = htpasswd
     values["sshPrivateKey"] = SSH_PRIVATE_KEY
+    values["upstreamPassword"] = UPSTREAM_PASSWORD
     return values
 
 

@@ -189,8 +189,9 @@ def start_registry(
     try:
         wait_for_tcp(listen_ip, port, alive=lambda: proc.poll() is None, describe=reg.log, timeout=timeout)
         reg._ns_id = mount_ns_id(proc.pid)
-    except BaseException:
+    except BaseException as error:
         reg.stop()
+        error.add_note(f"registry exit status: {proc.returncode}")
         raise
     return reg
 

@@ -1,0 +1,224 @@
+"""Pull-through caches (``mirrors``): what the program declares for each, under the mocks.
+
+Each cache is the registry's Deployment with its own name, volume and proxy settings, the same
+TLS and htpasswd Secrets, a Service on its own port of the registry's IP, and a NetworkPolicy
+that lets it reach only its upstream and the cluster DNS.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness import GUIDE_CONFIG, evaluate, is_secret_marker
+
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+SERVICE = "kubernetes:core/v1:Service"
+SECRET = "kubernetes:core/v1:Secret"
+CLAIM = "kubernetes:core/v1:PersistentVolumeClaim"
+POLICY = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+SHARED_IP = "metallb.universe.tf/allow-shared-ip"
+PASSWORD = "s3cret-for-quay"
+MIRRORS = [
+    {"upstream": "docker.io"},
+    {"upstream": "ghcr.io", "port": 5443},
+    {"upstream": "quay.io", "username": "robot", "password": PASSWORD},
+]
+CONFIG = {**GUIDE_CONFIG, "mirrors": MIRRORS}
+SLUGS = ("docker-io", "ghcr-io", "quay-io")
+DNS_RULE = {
+    "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+    "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+}
+
+
+@pytest.fixture(scope="module")
+def cached():
+    return evaluate(CONFIG, secret_keys=("mirrors",))
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return evaluate(GUIDE_CONFIG)
+
+
+def pod(evaluation, name):
+    return evaluation.named(name).inputs["spec"]["template"]["spec"]
+
+
+def env_of(evaluation, name):
+    return {item["name"]: item for item in pod(evaluation, name)["containers"][0]["env"]}
+
+
+def volumes_of(evaluation, name):
+    return {volume["name"]: volume for volume in pod(evaluation, name)["volumes"]}
+
+
+def auto_name(evaluation, name):
+    return evaluation.named(name).outputs["metadata"]["name"]
+
+
+def test_the_stack_output_maps_each_upstream_to_its_cache(cached, plain):
+    assert cached.outputs["mirrors"] == {
+        "docker.io": "registry.cube.local:5001",
+        "ghcr.io": "registry.cube.local:5443",
+        "quay.io": "registry.cube.local:5002",
+    }
+    assert plain.outputs["mirrors"] == {}
+
+
+def test_one_deployment_per_cache_pointing_at_its_upstream(cached):
+    assert sorted(d.name for d in cached.of_type(DEPLOYMENT)) == sorted(
+        ["registry-deployment", *(f"registry-cache-{slug}-deployment" for slug in SLUGS)]
+    )
+    urls = {slug: env_of(cached, f"registry-cache-{slug}-deployment")["REGISTRY_PROXY_REMOTEURL"]["value"]
+            for slug in SLUGS}
+    assert urls == {"docker-io": "https://registry-1.docker.io", "ghcr-io": "https://ghcr.io", "quay-io": "https://quay.io"}
+    assert "REGISTRY_PROXY_REMOTEURL" not in env_of(cached, "registry-deployment")
+
+
+def test_upstream_credentials_come_only_from_their_secret(cached):
+    secret = cached.named("registry-cache-quay-io-upstream")
+    assert secret.inputs["stringData"] == {"username": "robot", "password": PASSWORD}
+    env = env_of(cached, "registry-cache-quay-io-deployment")
+    for variable, key in (("REGISTRY_PROXY_USERNAME", "username"), ("REGISTRY_PROXY_PASSWORD", "password")):
+        assert "value" not in env[variable]
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": auto_name(cached, secret.name), "key": key}
+    for slug in ("docker-io", "ghcr-io"):
+        names = set(env_of(cached, f"registry-cache-{slug}-deployment"))
+        assert not {"REGISTRY_PROXY_USERNAME", "REGISTRY_PROXY_PASSWORD"} & names
+    assert len([s for s in cached.of_type(SECRET) if s.name.endswith("-upstream")]) == 1
+    for deployment in cached.of_type(DEPLOYMENT):
+        assert PASSWORD not in json.dumps(deployment.wire_inputs), deployment.name
+
+
+def test_the_upstream_password_is_secret_on_the_wire(cached):
+    wire = cached.named("registry-cache-quay-io-upstream").wire_inputs["stringData"]
+    assert is_secret_marker(wire) and wire["value"]["password"] == PASSWORD
+    for resource in cached.resources:
+        if resource.name != "registry-cache-quay-io-upstream":
+            assert PASSWORD not in json.dumps(resource.wire_inputs), resource.name
+    assert PASSWORD not in json.dumps(cached.outputs)
+
+
+def test_each_cache_mounts_its_own_claim_and_the_registry_secrets(cached):
+    registry_volumes = volumes_of(cached, "registry-deployment")
+    tls, htpasswd = auto_name(cached, "registry-tls"), auto_name(cached, "registry-htpasswd")
+    assert registry_volumes["certs"]["secret"]["secretName"] == tls
+    claims = set()
+    for slug in SLUGS:
+        volumes = volumes_of(cached, f"registry-cache-{slug}-deployment")
+        assert volumes["certs"]["secret"]["secretName"] == tls
+        assert volumes["auth"]["secret"]["secretName"] == htpasswd
+        claim = cached.named(f"registry-cache-{slug}-data")
+        assert volumes["data"]["persistentVolumeClaim"]["claimName"] == auto_name(cached, claim.name)
+        assert claim.inputs["spec"]["resources"]["requests"]["storage"] == "10Gi"
+        assert claim.inputs["spec"]["storageClassName"] == "longhorn"
+        claims.add(volumes["data"]["persistentVolumeClaim"]["claimName"])
+    assert len(claims) == 3 and registry_volumes["data"]["persistentVolumeClaim"]["claimName"] not in claims
+
+
+def test_a_cache_is_the_registry_deployment_plus_its_proxy_settings(cached):
+    registry = cached.named("registry-deployment").inputs
+    for slug in SLUGS:
+        cache = cached.named(f"registry-cache-{slug}-deployment").inputs
+        assert cache["spec"]["strategy"] == registry["spec"]["strategy"] == {"type": "Recreate"}
+        extra = {k: v for k, v in cache["metadata"]["annotations"].items() if k not in registry["metadata"]["annotations"]}
+        assert registry["metadata"]["annotations"].items() <= cache["metadata"]["annotations"].items()
+        # The one reviewed checkov exception a cache adds: credentials in the environment (from a Secret).
+        assert [v.split("=")[0] for v in extra.values()] == (["CKV_K8S_35"] if slug == "quay-io" else [])
+        assert cache["spec"]["template"]["metadata"]["annotations"] == registry["spec"]["template"]["metadata"]["annotations"]
+        cache_container = dict(cache["spec"]["template"]["spec"]["containers"][0])
+        registry_container = dict(registry["spec"]["template"]["spec"]["containers"][0])
+        cache_env, registry_env = cache_container.pop("env"), registry_container.pop("env")
+        assert cache_container == registry_container  # image, probes, limits, security context, mounts
+        assert cache_env[: len(registry_env)] == registry_env
+        assert {item["name"] for item in cache_env[len(registry_env):]} <= {
+            "REGISTRY_PROXY_REMOTEURL", "REGISTRY_PROXY_USERNAME", "REGISTRY_PROXY_PASSWORD"}
+        for key in ("securityContext", "automountServiceAccountToken", "nodeSelector"):
+            assert cache["spec"]["template"]["spec"][key] == registry["spec"]["template"]["spec"][key]
+
+
+def test_services_share_the_ip_each_on_its_port_selecting_its_own_pods(cached):
+    services = {s.name: s.inputs for s in cached.of_type(SERVICE)}
+    assert services["registry-service"]["spec"]["ports"][0]["port"] == 5000
+    keys = {s["metadata"]["annotations"][SHARED_IP] for s in services.values()}
+    assert len(keys) == 1 and keys != {""}
+    assert {s["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"] for s in services.values()} == {"192.168.0.202"}
+    selectors = []
+    for slug, port in zip(SLUGS, (5001, 5443, 5002)):
+        service = services[f"registry-cache-{slug}-service"]
+        (service_port,) = service["spec"]["ports"]
+        assert (service_port["port"], service_port["targetPort"], service["spec"]["type"]) == (port, "https", "LoadBalancer")
+        labels = cached.named(f"registry-cache-{slug}-deployment").inputs["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"] == labels
+        selectors.append(labels)
+    registry_selector = services["registry-service"]["spec"]["selector"]
+    for labels in selectors:
+        assert not registry_selector.items() <= labels.items(), "the registry's Service must not select a cache"
+    assert len({json.dumps(s, sort_keys=True) for s in selectors}) == 3
+
+
+def test_a_cache_may_reach_only_its_upstream_port_and_the_cluster_dns(cached):
+    registry_policy = cached.named("registry-network-policy").inputs["spec"]
+    assert registry_policy["egress"] == [] and registry_policy["policyTypes"] == ["Ingress", "Egress"]
+    for slug in SLUGS:
+        policy = cached.named(f"registry-cache-{slug}-network-policy").inputs["spec"]
+        labels = cached.named(f"registry-cache-{slug}-deployment").inputs["spec"]["template"]["metadata"]["labels"]
+        assert policy["podSelector"] == {"matchLabels": labels}
+        assert policy["policyTypes"] == ["Ingress", "Egress"]
+        assert policy["ingress"] == [{"ports": [{"port": 5000, "protocol": "TCP"}]}]
+        assert policy["egress"] == [{"ports": [{"port": 443, "protocol": "TCP"}]}, DNS_RULE]
+
+
+def test_an_upstream_on_a_custom_port_is_reachable_on_that_port_only():
+    evaluation = evaluate({**GUIDE_CONFIG, "mirrors": [{"upstream": "harbor.lab.test", "url": "https://harbor.lab.test:8443"}]})
+    policy = evaluation.named("registry-cache-harbor-lab-test-network-policy").inputs["spec"]
+    assert policy["egress"] == [{"ports": [{"port": 8443, "protocol": "TCP"}]}, DNS_RULE]
+    env = env_of(evaluation, "registry-cache-harbor-lab-test-deployment")
+    assert env["REGISTRY_PROXY_REMOTEURL"]["value"] == "https://harbor.lab.test:8443"
+
+
+def test_without_auth_caches_mount_no_htpasswd():
+    evaluation = evaluate({**GUIDE_CONFIG, "auth": "false", "mirrors": [{"upstream": "docker.io"}]})
+    env = env_of(evaluation, "registry-cache-docker-io-deployment")
+    assert "auth" not in volumes_of(evaluation, "registry-cache-docker-io-deployment")
+    assert not [name for name in env if name.startswith("REGISTRY_AUTH")]
+
+
+def test_k3s_restarts_only_once_the_caches_are_in_place():
+    """Their Deployments and Services are among the registry's workloads, which node restarts await."""
+    evaluation = evaluate({**CONFIG, "nodes": [{"name": "control01", "host": "192.168.0.101", "role": "server"}]},
+                          secret_keys=("mirrors",))
+    restart = evaluation.named("nodes-control01-restart")
+    for slug in SLUGS:
+        for kind in ("deployment", "service"):
+            assert evaluation.named(f"registry-cache-{slug}-{kind}").urn in restart.dependencies, (slug, kind)
+
+
+def comparable(evaluation):
+    """Every declared input, by resource name (certificate material differs between runs)."""
+    volatile = {"tls:index/privateKey:PrivateKey", "tls:index/selfSignedCert:SelfSignedCert",
+                "tls:index/certRequest:CertRequest", "tls:index/locallySignedCert:LocallySignedCert",
+                "random:index/randomPassword:RandomPassword"}
+    result = {}
+    for resource in evaluation.resources:
+        if resource.type in volatile or resource.name in ("registry-tls", "registry-htpasswd"):
+            result[resource.name] = resource.type
+            continue
+        inputs = json.loads(json.dumps(resource.inputs))
+        if resource.type == DEPLOYMENT:
+            inputs["spec"]["template"]["metadata"].pop("annotations", None)
+            for volume in inputs["spec"]["template"]["spec"]["volumes"]:
+                volume.get("secret", {}).pop("secretName", None)
+        result[resource.name] = inputs
+    return result
+
+
+def test_without_mirrors_nothing_changes(plain):
+    baseline = comparable(plain)
+    assert not [name for name in baseline if "cache" in name]
+    assert "allow-shared-ip" not in json.dumps(baseline)
+    assert comparable(evaluate({**GUIDE_CONFIG, "mirrors": []})) == baseline

@@ -1,0 +1,248 @@
+"""A pull-through cache with the real registry (distribution 2.8 in proxy mode), started from
+exactly what the program declares for it.
+
+The stand-in upstream plays docker.io: a second real registry on its own loopback address with
+its own CA, holding ``library/hello:1.0``, behind a token server (Docker Hub's auth scheme) that
+grants tokens only to one user (like an authenticated Docker Hub or a quay.io robot account).
+distribution 2.8 hands its upstream credentials only to a token realm (see
+testbed/token_auth.py), which is what public registries use. The cache runs from its captured Deployment, the TLS and htpasswd
+Secrets it mounts and the upstream Secret its secretKeyRefs name (resolved as the kubelet
+would). The test changes exactly two things in its environment, both about where the upstream
+is: ``REGISTRY_PROXY_REMOTEURL`` points at the stand-in instead of registry-1.docker.io, and
+``SSL_CERT_FILE`` names a bundle with the stand-in's CA (mounted read-only by the test). It
+listens on the cache's Service port, which kube-proxy would forward to the container port.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+from harness import evaluate
+from pod import registry_pod, start_registry_pod
+from testbed.certs import self_signed_cert
+from testbed.oci import build_oci_layout, manifest_digest, skopeo_copy
+from testbed.registry import start_registry
+from testbed.sshnodes import start_node
+from testbed.token_auth import TokenServer
+
+HOSTNAME = "registry.cache.test"
+CACHE_IP = "127.0.0.221"
+UPSTREAM_IP = "127.0.0.222"
+LAPTOP_IP = "127.0.0.223"
+UPSTREAM_USER, UPSTREAM_PASSWORD = "robot", "upstream-Pa55word-for-the-cache"
+CONFIG = {
+    "hostname": HOSTNAME,
+    "loadBalancerIp": CACHE_IP,
+    "mirrors": [{"upstream": "docker.io", "username": UPSTREAM_USER, "password": UPSTREAM_PASSWORD}],
+}
+CACHE_DEPLOYMENT = "registry-cache-docker-io-deployment"
+CACHE_SERVICE = "registry-cache-docker-io-service"
+IMAGE = "library/hello:1.0"
+CA_BUNDLE_DIR = "/testbed-upstream-ca"
+
+
+@pytest.fixture(scope="module")
+def declared():
+    return evaluate(CONFIG, secret_keys=("mirrors",))
+
+
+@pytest.fixture(scope="module")
+def cache_port(declared):
+    service = declared.named(CACHE_SERVICE).inputs["spec"]
+    (port,) = service["ports"]
+    container = declared.named(CACHE_DEPLOYMENT).inputs["spec"]["template"]["spec"]["containers"][0]
+    assert port["targetPort"] == container["ports"][0]["name"], "the Service forwards to the container port"
+    assert f"{HOSTNAME}:{port['port']}" == declared.outputs["mirrors"]["docker.io"]
+    return port["port"]
+
+
+@pytest.fixture(scope="module")
+def credentials(declared):
+    return declared.outputs["registryUsername"], declared.outputs["registryPassword"]
+
+
+@pytest.fixture(scope="module")
+def upstream_ca():
+    return self_signed_cert("upstream.test", ip_addresses=[UPSTREAM_IP])
+
+
+@pytest.fixture(scope="module")
+def token_server(upstream_ca, tmp_path_factory):
+    """The stand-in's auth service: a token only for the cache's upstream user."""
+    server = TokenServer(UPSTREAM_IP, 5443, upstream_ca, tmp_path_factory.mktemp("token"),
+                         username=UPSTREAM_USER, password=UPSTREAM_PASSWORD)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def upstream(upstream_ca, token_server, tmp_path_factory):
+    """The stand-in docker.io: TLS with its own CA, token auth like Docker Hub's."""
+    running = start_registry(
+        tmp_path_factory.mktemp("upstream"), listen_ip=UPSTREAM_IP, port=5000,
+        env={
+            "REGISTRY_HTTP_TLS_CERTIFICATE": "/certs/tls.crt", "REGISTRY_HTTP_TLS_KEY": "/certs/tls.key",
+            **token_server.registry_env("/certs/tls.crt"),
+        },
+        volumes={
+            "/certs": {"tls.crt": upstream_ca.cert_pem, "tls.key": upstream_ca.key_pem},
+            "/var/lib/registry": "pvc",
+        },
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def upstream_digest(upstream, upstream_ca, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("upstream-certs")
+    (directory / "ca.crt").write_bytes(upstream_ca.cert_pem)
+    layout = build_oci_layout(tmp_path_factory.mktemp("image") / "hello", "1.0", b"hello through the cache\n")
+    pushed = skopeo_copy(
+        f"oci:{layout}:1.0", f"docker://{UPSTREAM_IP}:5000/{IMAGE}",
+        extra_args=["--dest-cert-dir", str(directory), "--dest-creds", f"{UPSTREAM_USER}:{UPSTREAM_PASSWORD}"],
+    )
+    assert pushed.returncode == 0, pushed.stderr.decode() + upstream.log()
+    return manifest_digest(layout, "1.0")
+
+
+def cache_overrides() -> dict[str, str]:
+    """The only changes to the declared environment: where the upstream is and its CA."""
+    return {"REGISTRY_PROXY_REMOTEURL": f"https://{UPSTREAM_IP}:5000", "SSL_CERT_FILE": f"{CA_BUNDLE_DIR}/ca.crt"}
+
+
+@pytest.fixture(scope="module")
+def cache(declared, upstream_digest, upstream_ca, cache_port, tmp_path_factory):
+    with registry_pod(
+        declared, tmp_path_factory.mktemp("cache-pod"), CACHE_IP, deployment=CACHE_DEPLOYMENT,
+        env_overrides=cache_overrides(), port=cache_port, extra_files={CA_BUNDLE_DIR: {"ca.crt": upstream_ca.cert_pem}},
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def laptop(cache, client_key, tmp_path_factory):
+    """A client whose /etc/hosts maps the registry name to the registry's IP."""
+    node = start_node(
+        "laptop", LAPTOP_IP, tmp_path_factory.mktemp("laptop"),
+        hosts_content=f"127.0.0.1 localhost laptop\n{CACHE_IP} {HOSTNAME}\n".encode(),
+        authorized_pubkey=client_key.public_key_line,
+    )
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="module")
+def cert_dir(declared, tmp_path_factory):
+    """The program's CA (stack output caCertificatePem), as skopeo reads it."""
+    directory = tmp_path_factory.mktemp("cache-certs")
+    (directory / "ca.crt").write_text(declared.outputs["caCertificatePem"])
+    return directory
+
+
+def skopeo(laptop, *argv: str):
+    return laptop.run_local(["skopeo", *argv])
+
+
+def cache_get(path: str, declared, port: int, credentials=None) -> tuple[int, bytes]:
+    context = ssl.create_default_context(cadata=declared.outputs["caCertificatePem"])
+    request = urllib.request.Request(f"https://{CACHE_IP}:{port}{path}")
+    if credentials:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(credentials).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def test_the_upstream_credentials_reach_the_cache_only_through_the_secret(declared):
+    env = declared.named(CACHE_DEPLOYMENT).inputs["spec"]["template"]["spec"]["containers"][0]["env"]
+    by_name = {item["name"]: item for item in env}
+    assert by_name["REGISTRY_PROXY_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "password"
+    assert UPSTREAM_PASSWORD not in json.dumps(declared.named(CACHE_DEPLOYMENT).inputs)
+    assert set(cache_overrides()) & {item["name"] for item in env} == {"REGISTRY_PROXY_REMOTEURL"}
+
+
+def test_the_upstream_refuses_anonymous_pulls(upstream, upstream_digest, upstream_ca, tmp_path):
+    """Guards the pulls below: the cache gets the image only with the Secret's credentials."""
+    (tmp_path / "ca.crt").write_bytes(upstream_ca.cert_pem)
+    inspected = skopeo_copy(f"docker://{UPSTREAM_IP}:5000/{IMAGE}", f"oci:{tmp_path / 'copy'}:1.0",
+                            extra_args=["--src-cert-dir", str(tmp_path)])
+    assert inspected.returncode != 0 and b"authentication required" in inspected.stderr, inspected.stderr
+
+
+def test_a_client_pulls_through_the_cache_and_gets_the_upstream_digest(
+    cache, laptop, cert_dir, credentials, cache_port, upstream_digest, declared, token_server, tmp_path
+):
+    reference = f"docker://{HOSTNAME}:{cache_port}/{IMAGE}"
+    token_server.requests.clear()
+    inspected = skopeo(laptop, "inspect", "--cert-dir", str(cert_dir), "--creds", ":".join(credentials), reference)
+    assert inspected.returncode == 0, inspected.stderr.decode() + cache.log()
+    assert json.loads(inspected.stdout)["Digest"] == upstream_digest
+    copied = skopeo(laptop, "copy", "--src-cert-dir", str(cert_dir), "--src-creds", ":".join(credentials),
+                    reference, f"oci:{tmp_path / 'pulled'}:1.0")
+    assert copied.returncode == 0, copied.stderr.decode() + cache.log()
+    assert manifest_digest(tmp_path / "pulled", "1.0") == upstream_digest
+    # The cache fetched it as the upstream user, with what the Secret gave it.
+    assert ("authorized", ["repository:library/hello:pull"]) in token_server.requests, token_server.requests
+    assert all(who == "authorized" for who, _ in token_server.requests), token_server.requests
+    status, body = cache_get("/v2/_catalog", declared, cache_port, credentials)
+    assert status == 200 and json.loads(body)["repositories"] == ["library/hello"]
+
+
+def test_anonymous_clients_get_401_from_the_cache(cache, declared, cache_port):
+    assert cache_get("/v2/", declared, cache_port)[0] == 401
+    assert cache_get(f"/v2/{IMAGE.replace(':', '/manifests/')}", declared, cache_port)[0] == 401
+
+
+def test_the_probe_path_answers_on_the_cache(cache, declared, cache_port):
+    container = declared.named(CACHE_DEPLOYMENT).inputs["spec"]["template"]["spec"]["containers"][0]
+    for kind in ("readinessProbe", "livenessProbe"):
+        assert cache_get(container[kind]["httpGet"]["path"], declared, cache_port)[0] == 200, kind
+
+
+def test_pushing_to_the_cache_is_refused(cache, laptop, cert_dir, credentials, cache_port, tmp_path):
+    layout = build_oci_layout(tmp_path / "image", "1.0", b"pushed to a cache\n")
+    pushed = skopeo(laptop, "copy", "--dest-cert-dir", str(cert_dir), "--dest-creds", ":".join(credentials),
+                    f"oci:{layout}:1.0", f"docker://{HOSTNAME}:{cache_port}/library/pushed:1.0")
+    assert pushed.returncode != 0
+    assert b"unsupported" in pushed.stderr.lower() or b"405" in pushed.stderr, pushed.stderr
+
+
+# These two stop the upstream: they run last (pytest keeps the file's order).
+
+def test_with_the_upstream_stopped_the_cached_image_still_pulls(
+    cache, laptop, cert_dir, credentials, cache_port, upstream, upstream_digest, tmp_path
+):
+    reference = f"docker://{HOSTNAME}:{cache_port}/{IMAGE}"
+    first = skopeo(laptop, "inspect", "--cert-dir", str(cert_dir), "--creds", ":".join(credentials), reference)
+    assert first.returncode == 0, first.stderr.decode()  # cached while the upstream was up
+    upstream.stop()
+    copied = skopeo(laptop, "copy", "--src-cert-dir", str(cert_dir), "--src-creds", ":".join(credentials),
+                    reference, f"oci:{tmp_path / 'offline'}:1.0")
+    assert copied.returncode == 0, copied.stderr.decode() + cache.log()
+    assert manifest_digest(tmp_path / "offline", "1.0") == upstream_digest
+
+
+def test_a_cache_started_while_the_upstream_is_down_exits(declared, upstream, upstream_ca, cache_port, tmp_path):
+    """distribution 2.8 asks the upstream for its auth challenge at start and panics when it cannot
+    reach it: the pod crash-loops until the upstream is back (k3s then pulls from the upstream)."""
+    upstream.stop()
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="process died before") as failure:
+        start_registry_pod(
+            declared, tmp_path / "cache-down", "127.0.0.224", deployment=CACHE_DEPLOYMENT,
+            env_overrides=cache_overrides(), port=cache_port, timeout=20,
+            extra_files={CA_BUNDLE_DIR: {"ca.crt": upstream_ca.cert_pem}},
+        )
+    assert time.monotonic() - started < 10
+    assert "panic" in str(failure.value) and "connection refused" in str(failure.value), str(failure.value)
+    assert "registry exit status: 2" in failure.value.__notes__, failure.value.__notes__
