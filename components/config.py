@@ -411,14 +411,21 @@ def mirrors_parser(registry_port: int, image: str) -> Callable[[str, Any], tuple
     return parse
 
 
-def _mirror_entry(index: int, entry: Any, image: str) -> dict[str, Any]:
+def _list_entry(kind: str, index: int, entry: Any, name_key: str, keys: tuple[str, ...], needs: str) -> str:
+    """Checks one object of a list setting; returns how messages name it ("node 'cube01'", "cache #2")."""
     if not isinstance(entry, dict):
-        _fail(f"cache #{index + 1} must be an object with upstream (like docker.io), got {entry!r}")
-    upstream = entry.get("upstream")
-    where = f"cache {upstream!r}" if isinstance(upstream, str) and upstream else f"cache #{index + 1}"
-    unknown = sorted(set(entry) - set(_MIRROR_KEYS))
+        _fail(f"{kind} #{index + 1} must be an object with {needs}, got {entry!r}")
+    name = entry.get(name_key)
+    where = f"{kind} {name!r}" if isinstance(name, str) and name else f"{kind} #{index + 1}"
+    unknown = sorted(set(entry) - set(keys))
     if unknown:
-        _fail(f"{where}: unknown key(s) {', '.join(unknown)}; a cache takes {', '.join(_MIRROR_KEYS)}")
+        _fail(f"{where}: unknown key(s) {', '.join(unknown)}; a {kind} takes {', '.join(keys)}")
+    return where
+
+
+def _mirror_entry(index: int, entry: Any, image: str) -> dict[str, Any]:
+    where = _list_entry("cache", index, entry, "upstream", _MIRROR_KEYS, "upstream (like docker.io)")
+    upstream = entry.get("upstream")
     if not isinstance(upstream, str) or not _is_registry_name(upstream):
         _fail(f"{where}: upstream must be the registry name images are pulled by, like docker.io or ghcr.io")
     upstream = upstream.lower()
@@ -492,13 +499,8 @@ _NODE_KEYS = ("name", "host", "port", "user", "role", "hostKey")
 
 
 def _parse_node(index: int, entry: Any) -> NodeSettings:
-    if not isinstance(entry, dict):
-        _fail(f"node #{index + 1} must be an object with name, host and role, got {entry!r}")
+    where = _list_entry("node", index, entry, "name", _NODE_KEYS, "name, host and role")
     name = entry.get("name")
-    where = f"node {name!r}" if isinstance(name, str) and name else f"node #{index + 1}"
-    unknown = sorted(set(entry) - set(_NODE_KEYS))
-    if unknown:
-        _fail(f"{where}: unknown key(s) {', '.join(unknown)}; a node takes {', '.join(_NODE_KEYS)}")
     if not isinstance(name, str) or not _DNS_LABEL.match(name):
         _fail(
             f"{where}: name must be a short lower-case name (letters, digits, hyphens), "
