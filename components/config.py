@@ -594,31 +594,31 @@ KNOWN_KEYS = (
 
 
 SECRET_KEYS = ("sshPrivateKey",)
-# Keys whose nested values may be secrets (set with --secret --path): then the whole key is one.
-NESTED_SECRET_KEYS = {"mirrors": "password"}
 
 
 def parse_settings(
     raw: Mapping[str, Optional[str]],
     ssh_private_key: Optional[pulumi.Output[str]] = None,
     now: Optional[dt.datetime] = None,
-    plain_text_keys: tuple[str, ...] = (),
+    secret_keys: Optional[frozenset[str]] = None,
 ) -> StackSettings:
     """Turns raw config strings (key without namespace -> value) into validated settings.
 
     ``now`` places the evaluation in a certificate rotation period (default: the clock).
-    ``plain_text_keys``: keys that must be secrets but were set in plain text.
+    ``secret_keys``: the keys the stack sets as secrets; a key holding a secret (the SSH key, a
+    cache's password) must be one of them. None: not known, not checked.
     """
     read = _Reader(raw)
     for key in sorted(set(raw) - set(KNOWN_KEYS)):
         read.problem(key, f"is not a setting of this program; known settings: {', '.join(KNOWN_KEYS)}")
-    for key in plain_text_keys:
-        how = (
-            f"pulumi config set --secret --path '{key}[0].{NESTED_SECRET_KEYS[key]}'"
-            if key in NESTED_SECRET_KEYS
-            else f"pulumi config set --secret {key} < ~/.ssh/id_ed25519"
-        )
-        read.problem(key, f"holds a secret in plain text in the stack file; remove it and set it encrypted: {how}")
+
+    def require_secret(key: str, how: str) -> None:
+        # Pulumi.yaml cannot declare these `secret: true` (the CLI would then require them).
+        if secret_keys is not None and key not in secret_keys:
+            read.problem(key, f"holds a secret in plain text in the stack file; remove it and set it encrypted: {how}")
+
+    if ssh_private_key is not None:
+        require_secret("sshPrivateKey", "pulumi config set --secret sshPrivateKey < ~/.ssh/id_ed25519")
 
     hostname = read.required("hostname", parse_hostname, hint="set the registry's DNS name, e.g. registry.cube.local")
     load_balancer_ip = read.required(
@@ -680,6 +680,9 @@ def parse_settings(
         existing_claim=read.value("existingClaim", parse_claim_name, None, json_value=False),
         mirrors=read.value("mirrors", mirrors_parser(port, image), (), json_value=True),
     )
+    if any(mirror.password is not None for mirror in registry.mirrors):
+        # A nested secret (set with --secret --path) makes the whole key a secret.
+        require_secret("mirrors", "pulumi config set --secret --path 'mirrors[0].password'")
     if registry.existing_claim is not None and registry.storage_class is not None:
         read.problem(
             "storageClass",
@@ -713,25 +716,8 @@ def load_settings(config: Optional[pulumi.Config] = None) -> StackSettings:
     present = _configured_keys()
     raw = {key: config.get(key) for key in present if key not in SECRET_KEYS}
     ssh_private_key = config.get_secret("sshPrivateKey") if "sshPrivateKey" in present else None
-    # Pulumi.yaml cannot declare these `secret: true` (the CLI would then require them), so the
-    # check that they were set with --secret is made here.
-    plain_text = tuple(
-        key for key in SECRET_KEYS if key in present and not runtime_config.is_config_secret(f"{PROJECT}:{key}")
-    )
-    plain_text += tuple(
-        key for key, nested in NESTED_SECRET_KEYS.items()
-        if _mentions(raw.get(key), nested) and not runtime_config.is_config_secret(f"{PROJECT}:{key}")
-    )
-    return parse_settings(raw, ssh_private_key, plain_text_keys=plain_text)
-
-
-def _mentions(text: Optional[str], nested_key: str) -> bool:
-    """Whether a JSON list of objects sets ``nested_key`` in any of them."""
-    try:
-        value = json.loads(text) if text else None
-    except json.JSONDecodeError:
-        return False
-    return isinstance(value, list) and any(isinstance(entry, dict) and nested_key in entry for entry in value)
+    secret_keys = frozenset(key for key in present if runtime_config.is_config_secret(f"{PROJECT}:{key}"))
+    return parse_settings(raw, ssh_private_key, secret_keys=secret_keys)
 
 
 def _configured_keys() -> set[str]:
