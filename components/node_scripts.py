@@ -607,6 +607,14 @@ give_back_registries() {
   rm -f "$state/written" "$state/original" "$state/original-absent" "$state/caches"
   echo "registries.yaml: given back"
 }
+# ... and k3s restarted to apply it (also a restart a cut-short run left due).
+give_back_and_restart() {
+  give_back_registries
+  if [ -e "$state/restart-pending" ]; then
+    restart_k3s
+    rm -f "$state/restart-pending"
+  fi
+}
 """
 
 
@@ -640,11 +648,7 @@ if [ ! -d "$state" ]; then
   echo "registries.yaml: nothing to undo"
   exit 0
 fi
-give_back_registries
-if [ -e "$state/restart-pending" ]; then
-  restart_k3s
-  rm -f "$state/restart-pending"
-fi
+give_back_and_restart
 """
     )
 
@@ -663,11 +667,7 @@ rm -f "$ca_file"
 remove_stale_temps "$ca_file"
 remove_stale_temps "$registries"
 if [ -d "$state" ]; then
-  give_back_registries
-  if [ -e "$state/restart-pending" ]; then
-    restart_k3s
-    rm -f "$state/restart-pending"
-  fi
+  give_back_and_restart
   if [ -e "$state/created-config-dir" ]; then
     rmdir {q(K3S_CONFIG_DIR)} 2>/dev/null || true
     rmdir "$(dirname {q(K3S_CONFIG_DIR)})" 2>/dev/null || true
