@@ -199,7 +199,9 @@ class _Reader:
         try:
             raw_value = json.loads(text) if json_value else text
         except json.JSONDecodeError:
-            self.problem(key, f"is not valid JSON ({text!r}); set it with `pulumi config set --path` or as YAML in the stack file")
+            self.problem(
+                key, f"is not valid JSON ({text!r}); set it with `pulumi config set --path` or as YAML in the stack file"
+            )
             return default
         try:
             return parse(key, raw_value)
