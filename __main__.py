@@ -1,10 +1,17 @@
 """k3s-registry: a private TLS registry on k3s that every node trusts and pulls from."""
 
+import gc
+
 import pulumi
 
 from components.config import load_settings
 from components.nodes import ClusterNodes, ClusterNodesArgs, instance_id_for
 from components.registry import Registry
+
+# Pulumi keeps every resource's futures alive until the run ends; at the collector's default
+# thresholds it rescans them so often that evaluation grew faster than the node count
+# (./scripts/bench: 300 nodes took 6.7 s, now about 4 s).
+gc.set_threshold(10_000, 10, 10)
 
 settings = load_settings()
 

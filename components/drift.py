@@ -1,19 +1,23 @@
-"""Makes drift on a node visible to ``pulumi refresh``: an observing dynamic resource per node step.
+"""Each node's scripts, shipped once, and what ``pulumi refresh`` sees of the node: one resource, one session.
 
 pulumi-command has no Read, so a refresh never notices that someone deleted our CA file or
-edited the managed /etc/hosts line. A ``NodeStepObservation`` sits beside each step's Command
-and only looks: on refresh (``read``) it runs the step's read-only probe
-(``components.drift_probes``) over SSH and records what it printed. When that is not
-``in-sync``, ``diff`` reports a change, ``update`` bumps ``repairs``, and because the step's
-Command carries ``repairs`` in its text (see ``with_repairs``), pulumi-command re-runs that
-step's idempotent script: the repair touches exactly the drifted step. Without drift nothing
-changes, so preview shows nothing.
+edited the managed /etc/hosts line. A ``NodeScripts`` resource per node does two things:
 
-Ordering: the Command consumes ``repairs``, so the observation is applied before its Command
-(never ``depends_on`` the Command: that would be a cycle). On create the node may not be
-configured yet; create therefore runs the probe only to prove it works on this node
-(reachable, host key, supported OS, python3) and records ``in-sync``, the state the Command
-applied right after it establishes. If that apply fails, the next refresh reads the truth.
+- it writes the node's step scripts (components/node_plan.py) in one SSH session, so the
+  Commands carry a short line and a digest instead of the scripts (state stays small);
+- it observes: on refresh (``read``) ONE SSH session runs every step's read-only probe
+  (components/drift_probes.py) and checks the scripts themselves. A step that is not
+  ``in-sync`` makes ``diff`` report a change; ``update`` bumps that step's count in
+  ``repairs`` (and puts the scripts back if they changed), and because each Command carries
+  its own count in its text (see ``with_repairs``), pulumi-command re-runs exactly the
+  drifted steps. Without drift nothing changes, so preview shows nothing.
+
+Ordering: the Commands consume ``repairs`` and run the scripts, so this resource is applied
+before them (it never ``depends_on`` them: that would be a cycle), and deleted after them. On
+create the node is not configured yet: create writes the scripts (which proves the node is
+reachable with this key and host key) and records nothing off, the state the Commands apply
+right after it. If they fail, the next refresh reads the truth. A new host or port replaces it
+(created first, the old one deleted at the end, after the old Commands' deletes used it).
 
 Pulumi serializes the provider instance with dill into the state and loads it in its own
 provider process: the class holds no state, imports paramiko only inside its methods and
@@ -22,83 +26,131 @@ captures no Output; it is pickled by reference, so that process imports this mod
 
 from __future__ import annotations
 
-import hashlib
-from typing import Any, Optional, Sequence
+import uuid
+from typing import Any, Optional
 
 import pulumi
 import pulumi.dynamic as dynamic
+from pulumi.runtime.rpc import contains_unknowns
 
-from .drift_probes import DRIFT_PREFIX, IN_SYNC
+from . import node_plan
+from .drift_probes import IN_SYNC
+from .node_plan import OBSERVED_STEPS, SCRIPTS, NodePlan, with_repairs
+
+__all__ = ["NodeScripts", "NodeScriptsProvider", "ProbeError", "connection_props", "with_repairs"]
 
 # The probes' vocabulary (components/drift_probes.py): in sync is what every step expects.
 EXPECTED = IN_SYNC
-INPUT_KEYS = ("connection", "probe", "probe_stdin", "expected")
 CONNECT_TIMEOUT = 30.0
 PROBE_TIMEOUT = 120.0
 
 
 class ProbeError(Exception):
-    """The probe could not judge the node (unreachable, refused, failed or answered nonsense)."""
+    """The node could not be asked or written (unreachable, refused, failed or answered nonsense)."""
 
 
-class NodeStepProbeProvider(dynamic.ResourceProvider):
-    """Observes one node step through its probe; never changes the node (pulumi-command does that)."""
+class NodeScriptsProvider(dynamic.ResourceProvider):
+    """Writes one node's scripts and observes its steps; never changes the steps (the Commands do).
+
+    ``observed`` holds only what is off (step: ``drift: <reasons>``) and ``repairs`` only the
+    steps repaired so far (step: count): both empty on a node as applied, as every byte of the
+    state is rewritten with every checkpoint.
+    """
 
     def create(self, props: dict[str, Any]) -> dynamic.CreateResult:
-        """Proves the probe runs on the node, then records the state the step's Command applies next."""
-        run_probe(props)
-        outs = {**inputs_of(props), "observed": props.get("expected", EXPECTED), "repairs": 0}
-        return dynamic.CreateResult(observation_id(props), outs)
+        """Writes the scripts; records the state the Commands apply next (nothing off)."""
+        resource_id = f"{where(props['connection'])}#{uuid.uuid4().hex[:16]}"
+        install(props, resource_id)
+        return dynamic.CreateResult(resource_id, outputs_of(props, repairs={}))
 
     def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
-        """Refresh: what the node looks like now. Raises when the node cannot be asked."""
-        return dynamic.ReadResult(id_, {**props, "observed": run_probe(props)})
+        """Refresh: what every step looks like now, in one session. Raises when the node cannot be asked."""
+        return dynamic.ReadResult(id_, {**props, "observed": observe(props)})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.DiffResult:
-        """A change when the node drifted (as last read) or what to observe changed; never a replacement."""
-        drifted = olds.get("observed") != news.get("expected")
-        inputs_changed = any(olds.get(key) != news.get(key) for key in INPUT_KEYS)
-        return dynamic.DiffResult(changes=drifted or inputs_changed, replaces=[], delete_before_replace=False)
+        """A change when a step drifted (as last read) or the scripts or connection changed.
 
-    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
-        """The Command repairs the step right after this; count the repair so its text changes."""
-        repairs = int(olds.get("repairs") or 0)
-        if olds.get("observed") != news.get("expected"):
-            repairs += 1
-        return dynamic.UpdateResult({**inputs_of(news), "observed": news.get("expected", EXPECTED), "repairs": repairs})
+        A new host or port is another machine: replaced (created first), so the old Commands'
+        deletes still find their scripts on the old one, which the old resource's delete then removes.
+        """
+        drifted = bool(olds.get("observed"))
+        # In a preview the plan is unknown while what it is made of is (a new CA certificate):
+        # the scripts will change, which is all a preview needs to say.
+        rescripted = contains_unknowns(news.get("plan")) or \
+            olds.get("digests") != NodePlan.from_props(news["plan"]).step_digests()
+        changed = [key for key in ("connection", "credentials") if olds.get(key) != news.get(key)]
+        old_connection, new_connection = olds.get("connection") or {}, news.get("connection") or {}
+        moved = any(old_connection.get(key) != new_connection.get(key) for key in ("host", "port"))
+        return dynamic.DiffResult(changes=drifted or rescripted or bool(changed),
+                                  replaces=["connection"] if moved else [], delete_before_replace=False)
 
-    def delete(self, _id: str, _props: dict[str, Any]) -> None:
-        """Nothing to undo: observing left nothing on the node; the Command's delete cleans the step."""
+    def update(self, id_: str, olds: dict[str, Any], news: dict[str, Any]) -> dynamic.UpdateResult:
+        """Puts the scripts back when they changed; counts a repair for each drifted step."""
+        observed = dict(olds.get("observed") or {})
+        repairs = {step: int(count) for step, count in dict(olds.get("repairs") or {}).items()}
+        for step in OBSERVED_STEPS:
+            if step in observed:
+                repairs[step] = repairs.get(step, 0) + 1
+        rescripted = olds.get("digests") != NodePlan.from_props(news["plan"]).step_digests()
+        if rescripted or SCRIPTS in observed or olds.get("connection") != news.get("connection"):
+            install(news, id_)
+        return dynamic.UpdateResult(outputs_of(news, repairs))
+
+    def delete(self, id_: str, props: dict[str, Any]) -> None:
+        """Removes the scripts; runs after the Commands' deletes, which use them."""
+        run_on_node(props["connection"], node_plan.remover_script(props["scripts_dir"], id_), "", "remove the scripts")
 
 
-def inputs_of(props: dict[str, Any]) -> dict[str, Any]:
-    """The inputs, kept in the outputs because ``read`` gets only the outputs and must reconnect."""
-    return {key: props[key] for key in INPUT_KEYS if props.get(key) is not None}
+def outputs_of(props: dict[str, Any], repairs: dict[str, int]) -> dict[str, Any]:
+    """What the state keeps: what a refresh needs (read gets only the outputs), not the plan.
+    Right after create or update the node is as the Commands apply it next: nothing observed off."""
+    plan = NodePlan.from_props(props["plan"])
+    outs = {key: props[key] for key in ("connection", "credentials") if props.get(key) is not None}
+    return {**outs, "scripts_dir": plan.scripts_dir, "digests": plan.step_digests(), "observed": {},
+            "repairs": repairs}
 
 
-def observation_id(props: dict[str, Any]) -> str:
-    """A stable id naming the node and the probe; deterministic so two runs agree."""
-    connection = props["connection"]
-    digest = hashlib.sha256(str(props.get("probe", "")).encode()).hexdigest()[:16]
-    return f"{connection.get('user', 'root')}@{connection['host']}:{int(connection.get('port', 22))}#{digest}"
+def where(connection: dict[str, Any]) -> str:
+    return f"{connection.get('user') or 'root'}@{connection['host']}:{int(connection.get('port') or 22)}"
+
+
+def install(props: dict[str, Any], resource_id: str) -> None:
+    """Renders the scripts from the plan and writes them to the node in one session."""
+    plan = NodePlan.from_props(props["plan"])
+    run_on_node(props["connection"], node_plan.installer_script(plan, resource_id), "write the node's scripts",
+                script_on_stdin=True)
+
+
+def observe(props: dict[str, Any]) -> dict[str, str]:
+    """What is off on the node, by step (``scripts`` for the directory itself), from one session."""
+    reader = node_plan.reader_script(props["scripts_dir"], props["digests"])
+    stdout = run_on_node(props["connection"], reader, "check for drift", stdin=props.get("credentials") or "")
+    answers = node_plan.parse_observations(stdout)
+    if answers is None:
+        raise ProbeError(f"drift check on {where(props['connection'])} gave no verdict per step (in-sync or drift: ...)")
+    return {step: verdict for step, verdict in answers.items() if verdict != EXPECTED}
 
 
 # ----------------------------------------------------------------------------- running the probe
 
-def run_probe(props: dict[str, Any]) -> str:
-    """The probe's one-line answer (``in-sync`` or ``drift: ...``); anything else raises ProbeError."""
+def run_on_node(connection: dict[str, Any], script: str, purpose: str, stdin: str = "",
+                script_on_stdin: bool = False) -> str:
+    """Runs ``script`` with ``sh`` (through sudo unless root) in one session; its stdout, or ProbeError.
+
+    ``script_on_stdin``: ``sh -s`` reads the script from stdin (any size, never on a command line).
+    """
     from .node_scripts import as_command
 
-    connection = props["connection"]
     user = connection.get("user") or "root"
-    where = f"{user}@{connection['host']}:{int(connection.get('port') or 22)}"
-    status, stdout, stderr = ssh_exec(connection, as_command(props["probe"], user), props.get("probe_stdin") or "")
+    if script_on_stdin:
+        line, stdin = ("sh -s" if user == "root" else "sudo -n sh -s"), script
+    else:
+        line = as_command(script, user)
+    status, stdout, stderr = ssh_exec(connection, line, stdin)
     if status != 0:
-        raise ProbeError(f"drift probe on {where} failed (exit {status}): {stderr.decode(errors='replace')[-2000:]}")
-    answer = stdout.decode(errors="replace").strip()
-    if answer != EXPECTED and not (answer.startswith(DRIFT_PREFIX) and "\n" not in answer):
-        raise ProbeError(f"drift probe on {where} gave no verdict (in-sync or drift: ...)")
-    return answer
+        raise ProbeError(f"could not {purpose} on {where(connection)} (exit {status}): "
+                         f"{stderr.decode(errors='replace')[-2000:]}")
+    return stdout.decode(errors="replace")
 
 
 def ssh_exec(connection: dict[str, Any], command: str, stdin: str) -> tuple[int, bytes, bytes]:
@@ -157,7 +209,7 @@ def connect(connection: dict[str, Any]) -> Any:
         )
     except (OSError, paramiko.SSHException) as error:
         client.close()
-        raise ProbeError(f"cannot reach {host}:{port} to check for drift: {type(error).__name__}: {error}") from error
+        raise ProbeError(f"cannot reach {host}:{port} to write or check its scripts: {type(error).__name__}: {error}") from error
     return client
 
 
@@ -188,77 +240,52 @@ def load_private_key(text: str) -> Any:
 
 # ----------------------------------------------------------------------------- the resource
 
-class NodeStepObservation(dynamic.Resource, module="k3s-registry", name="NodeStepObservation"):
-    """What one node step looks like on the node, as of the last refresh."""
+class NodeScripts(dynamic.Resource, module="k3s-registry", name="NodeScripts"):
+    """One node's step scripts, and what each step looks like on the node as of the last refresh."""
 
-    observed: pulumi.Output[str]
-    """``in-sync`` or ``drift: <reasons>`` (after an update: ``in-sync``, the repair follows)."""
+    observed: pulumi.Output[dict]
+    """What the last refresh found off, by step (trust, hosts, k3s; ``scripts`` for the directory):
+    ``drift: <reasons>``. Empty when the node is as applied."""
 
-    repairs: pulumi.Output[int]
-    """How many drift repairs were ordered; the step's Command carries it in its text."""
+    repairs: pulumi.Output[dict]
+    """By step: how many drift repairs were ordered (absent: none); each Command carries its own
+    count in its text."""
+
+    digests: pulumi.Output[dict]
+    """By step: the digest of its scripts on the node; each Command's text carries its own."""
+
+    scripts_dir: pulumi.Output[str]
 
     def __init__(
-        self, name: str, *, connection: pulumi.Input[dict], probe: pulumi.Input[str],
-        probe_stdin: Optional[pulumi.Input[str]] = None, opts: Optional[pulumi.ResourceOptions] = None,
+        self, name: str, *, connection: pulumi.Input[dict], plan: pulumi.Input[dict],
+        credentials: Optional[pulumi.Input[str]] = None, opts: Optional[pulumi.ResourceOptions] = None,
     ):
         props = {
             "connection": connection,
-            "probe": probe,
-            "probe_stdin": pulumi.Output.secret(probe_stdin) if probe_stdin is not None else None,
-            "expected": EXPECTED,
+            "plan": plan,
+            "digests": None,
+            "credentials": pulumi.Output.secret(credentials) if credentials is not None else None,
+            "scripts_dir": None,
             "observed": None,
             "repairs": None,
         }
-        # The key (in connection) and the credentials stay secret in the outputs too.
-        secret_outputs = pulumi.ResourceOptions(additional_secret_outputs=["connection", "probe_stdin"])
-        super().__init__(NodeStepProbeProvider(), name, props, pulumi.ResourceOptions.merge(opts, secret_outputs))
+        # The key (in connection) and the registry credentials stay secret in the outputs too.
+        secret_outputs = pulumi.ResourceOptions(additional_secret_outputs=["connection", "credentials"])
+        super().__init__(PROVIDER, name, props, pulumi.ResourceOptions.merge(opts, secret_outputs))
 
 
-def observe_step(
-    name: str,
-    *,
-    host: pulumi.Input[str],
-    port: pulumi.Input[int] = 22,
-    user: pulumi.Input[str] = "root",
-    private_key: Optional[pulumi.Input[str]] = None,
-    host_key: Optional[pulumi.Input[str]] = None,
-    probe: pulumi.Input[str],
-    probe_stdin: Optional[pulumi.Input[str]] = None,
-    depends_on: Optional[Sequence[pulumi.Resource]] = None,
-    parent: Optional[pulumi.Resource] = None,
-) -> NodeStepObservation:
-    """Declares the observation of one node step; wire its ``repairs`` into the step's Command.
+PROVIDER = NodeScriptsProvider()
 
-    ``name``: e.g. ``f"{node_resource_name}-{step}-observed"``. The connection values are the
-    ones the step's Command uses (``private_key`` None: SSH agent; ``host_key`` None: any
-    server key is accepted, as pulumi-command does). ``probe`` is the raw script from
-    ``drift_probes`` (sudo is added for a non-root user); ``probe_stdin`` carries secrets.
-    ``depends_on`` must NOT contain the step's Command: the Command depends on ``repairs``.
 
-    Wiring (in nodes.py): the Command's create and update text gets the repair count, so a
-    detected drift changes the text and pulumi-command re-runs the idempotent step::
-
-        observed = observe_step(f"{name}-{role}-observed", host=node.host, port=node.port, user=node.user,
-                                private_key=key, host_key=node.host_key, probe=probe, parent=self)
-        text = pulumi.Output.all(create, observed.repairs).apply(lambda a: with_repairs(a[0], a[1]))
-        command.remote.Command(f"{name}-{role}", create=text, update=text, delete=delete, ...)
-    """
-    connection = {"host": host, "port": port, "user": user}
+def connection_props(
+    host: pulumi.Input[str], port: pulumi.Input[int], user: pulumi.Input[str],
+    private_key: Optional[pulumi.Input[str]] = None, host_key: Optional[pulumi.Input[str]] = None,
+) -> dict[str, Any]:
+    """The connection as the provider takes it: the Commands' own values (``private_key`` None: SSH
+    agent; ``host_key`` None: any server key is accepted, as pulumi-command does)."""
+    connection: dict[str, Any] = {"host": host, "port": port, "user": user}
     if private_key is not None:
         connection["private_key"] = pulumi.Output.secret(private_key)
     if host_key is not None:
         connection["host_key"] = host_key
-    return NodeStepObservation(
-        name, connection=connection, probe=probe, probe_stdin=probe_stdin,
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on or [])),
-    )
-
-
-def with_repairs(command_text: str, repairs: Any) -> str:
-    """The step's command text carrying the repair count as a trailing comment line.
-
-    Unchanged while no repair was ordered, so adopting drift detection re-runs nothing; the
-    count is an int whatever the wire made of it (numbers arrive as floats).
-    """
-    count = int(repairs or 0)
-    return command_text if count == 0 else f"{command_text}\n# repair {count}"
+    return connection

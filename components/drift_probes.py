@@ -125,7 +125,10 @@ REGISTRIES_CHECKER_SOURCE = '''\
 import json
 import sys
 
-import yaml
+try:
+    import yaml
+except ImportError:
+    sys.exit(3)
 
 
 def load(path):
@@ -218,27 +221,21 @@ caches={q(node_scripts.caches_json(caches))}
 if [ ! -e "$registries" ]; then
   drift "registries.yaml is missing"
 else
-  if ! {{ command -v python3 >/dev/null 2>&1 && python3 -c 'import yaml' 2>/dev/null; }}; then
-    fail "checking registries.yaml needs python3 with PyYAML (apt install python3-yaml, dnf install python3-pyyaml)"
-  fi
+  needs="checking registries.yaml needs python3 with PyYAML (apt install python3-yaml, dnf install python3-pyyaml)"
+  command -v python3 >/dev/null 2>&1 || fail "$needs"
   # shellcheck disable=SC2016  # Python source, kept literal on purpose
   checker={q(REGISTRIES_CHECKER_SOURCE)}
-  findings=$(python3 -c "$checker" "$registries" "$address" "$ca_file" "$caches")
-  if [ -n "$findings" ]; then
-    drift "$findings"
+  # One interpreter start (it is most of a refresh's time on the node): exit 3 means no PyYAML.
+  if findings=$(python3 -c "$checker" "$registries" "$address" "$ca_file" "$caches"); then
+    if [ -n "$findings" ]; then
+      drift "$findings"
+    fi
+  elif [ "$?" -eq 3 ]; then
+    fail "$needs"
+  else
+    fail "python3 failed on registries.yaml; $needs"
   fi
 fi
 report
 """
     )
-
-
-def probe_scripts(
-    target: NodeTarget, *, certificate_pem: str, hostname: str, ip_address: str, address: str
-) -> dict[str, str]:
-    """All three probes by step name, the names nodes.py gives its Commands (trust, hosts, k3s)."""
-    return {
-        "trust": trust_probe_script(target, certificate_pem),
-        "hosts": hosts_probe_script(target, hostname, ip_address),
-        "k3s": registries_probe_script(target, address, ca_pem=certificate_pem),
-    }

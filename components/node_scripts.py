@@ -68,10 +68,11 @@ fail() {
 """
 
 # Temporary files are named after their target, so a run cut short leaves nothing the next run
-# does not remove: .k3s-registry.<target name>.<random> beside the target.
+# does not remove: .k3s-registry.<target name>.<random> beside the target. Targets are absolute
+# paths: ${1%/*} is the directory, ${1##*/} the name, without a process for either.
 REMOVE_STALE_TEMPS_FUNCTION = """\
 remove_stale_temps() {
-  rm -f "$(dirname "$1")/.k3s-registry.$(basename "$1")."*
+  rm -f "${1%/*}/.k3s-registry.${1##*/}."*
 }
 """
 
@@ -98,7 +99,7 @@ restore_interrupted() {
 # Where an in-place rewrite keeps the old content until it is complete.
 ROLLBACK_COPY_FUNCTION = """\
 rollback_copy_of() {
-  printf '%s/.k3s-registry-backup.%s' "$(dirname "$1")" "$(basename "$1")"
+  printf '%s/.k3s-registry-backup.%s' "${1%/*}" "${1##*/}"
 }
 """
 
@@ -113,15 +114,16 @@ replace_file() {
     return 0
   fi
   if [ -e "$target" ] && [ "${4:-}" != exact ]; then mode=$(stat -c %a "$target"); fi
-  target_dir=$(dirname "$target")
+  target_dir=${target%/*}
+  target_name=${target##*/}
   mkdir -p "$target_dir"
-  tmp=$(mktemp "$target_dir/.k3s-registry.$(basename "$target").XXXXXX")
+  tmp=$(mktemp "$target_dir/.k3s-registry.$target_name.XXXXXX")
   cat "$3" > "$tmp"
   chmod "$mode" "$tmp"
   if ! mv -f "$tmp" "$target" 2>/dev/null; then
     backup=$(rollback_copy_of "$target")
-    cp -p "$target" "$target_dir/.k3s-registry.$(basename "$target").backup"
-    mv -f "$target_dir/.k3s-registry.$(basename "$target").backup" "$backup"
+    cp -p "$target" "$target_dir/.k3s-registry.$target_name.backup"
+    mv -f "$target_dir/.k3s-registry.$target_name.backup" "$backup"
     cat "$tmp" > "$target"
     rm -f "$backup" "$tmp"
   fi
@@ -187,9 +189,12 @@ case " $os_id $os_like " in
     bundle=/etc/ssl/certs/ca-certificates.crt
     command -v update-ca-certificates >/dev/null 2>&1 \\
       || fail "$os_name has no update-ca-certificates; install the ca-certificates package"
-    # --fresh: a plain run keeps the links (and Java's keystore entry) of a removed or
-    # rewritten local certificate; a fresh rebuild derives everything from the files again.
-    refresh_trust() {{ update-ca-certificates --fresh; }}
+    # refresh_trust fresh: a plain run keeps the links (and Java's keystore entry) of a removed
+    # or rewritten local certificate; a fresh rebuild derives everything from the files again,
+    # at about three times the cost, so it is kept for when a certificate leaves the store.
+    refresh_trust() {{
+      if [ "$1" = fresh ]; then update-ca-certificates --fresh; else update-ca-certificates; fi
+    }}
     # update-ca-certificates tells its hooks (Java's keystore) only about removals it
     # detects itself, and a deleted local file is not one: tell them, as it would.
     announce_removal() {{
@@ -206,11 +211,12 @@ case " $os_id $os_like " in
     bundle=/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem
     command -v update-ca-trust >/dev/null 2>&1 \\
       || fail "$os_name has no update-ca-trust; install the ca-certificates package"
-    refresh_trust() {{ update-ca-trust extract; }}
+    refresh_trust() {{ update-ca-trust extract; }}  # always rebuilt from the files
     announce_removal() {{ :; }}
     ;;
   *)
-    fail "cannot install the registry certificate on $os_name: supported are Debian, Ubuntu, Raspberry Pi OS, RHEL, Fedora, CentOS, Rocky and AlmaLinux"
+    supported="Debian, Ubuntu, Raspberry Pi OS, RHEL, Fedora, CentOS, Rocky and AlmaLinux"
+    fail "cannot install the registry certificate on $os_name: supported are $supported"
     ;;
 esac
 """
@@ -274,11 +280,20 @@ def trust_install_script(target: NodeTarget, certificate_pem: str, guide_hostnam
         + "claim_step\n"
         + cleanup
         + f"""\
+anchor="$anchors/"{q(target.anchor_file_name)}
 printf '%s' {q(with_final_newline(certificate_pem))} > "$work/anchor"
-replace_file "$anchors/"{q(target.anchor_file_name)} 644 "$work/anchor"
+# Another certificate in our file (a rotation) leaves the store: recorded before the rewrite,
+# so a run cut short before the rebuild still rebuilds from scratch next time.
+replacing={q(STATE_ROOT)}/{q(target.instance_id + "-trust.replacing")}
+if [ -e "$anchor" ] && ! cmp -s "$work/anchor" "$anchor"; then
+  : > "$replacing"
+fi
+replace_file "$anchor" 644 "$work/anchor"
 # Also rebuilds when a run was cut short between writing the file and rebuilding the bundle.
-if [ "$changed" = yes ]{guide_pending} || ! grep -qxF {q(signature_line(certificate_pem))} "$bundle" 2>/dev/null; then
-  refresh_trust
+signature={q(signature_line(certificate_pem))}
+if [ "$changed" = yes ] || [ -e "$replacing" ]{guide_pending} || ! grep -qxF "$signature" "$bundle" 2>/dev/null; then
+  if [ -e "$replacing" ]{guide_pending}; then refresh_trust fresh; else refresh_trust add; fi
+  rm -f "$replacing"
 {after_refresh}  echo "trust store: certificate installed"
 else
   echo "trust store: unchanged"
@@ -308,9 +323,9 @@ if [ -e "$anchor" ] || [ -e "$pending" ]; then
   mkdir -p {q(STATE_ROOT)}
   : > "$pending"
   rm -f "$anchor"
-  refresh_trust
+  refresh_trust fresh
   announce_removal {q(target.anchor_file_name)}
-  rm -f "$pending"
+  rm -f "$pending" {q(STATE_ROOT)}/{q(target.instance_id + "-trust.replacing")}
   echo "trust store: certificate removed"
 else
   echo "trust store: nothing to remove"
@@ -406,7 +421,8 @@ restart_k3s() {{
         f"""\
   command -v k3s >/dev/null 2>&1 || fail "{service} restarted, but there is no k3s command to ask the API whether it is back"
   until k3s kubectl get --raw=/readyz >/dev/null 2>&1; do
-    [ "$waited" -lt "$timeout" ] || fail "{service} is active again, but the Kubernetes API did not answer within $timeout s; see 'journalctl -u {service}'"
+    [ "$waited" -lt "$timeout" ] \\
+      || fail "{service} is active again, but the Kubernetes API did not answer within $timeout s; see 'journalctl -u {service}'"
     sleep 1
     waited=$((waited + 1))
   done
@@ -442,7 +458,8 @@ restart_k3s() {{
   esac
   waited=0
   until service_active; do
-    [ "$waited" -lt "$timeout" ] || fail "{service} did not become active again within $timeout s after the restart; see 'journalctl -u {service}'"
+    [ "$waited" -lt "$timeout" ] \\
+      || fail "{service} did not become active again within $timeout s after the restart; see 'journalctl -u {service}'"
     sleep 1
     waited=$((waited + 1))
   done
@@ -461,11 +478,18 @@ registries={q(REGISTRIES_YAML)}
 ca_file={q(target.k3s_ca_file)}
 # shellcheck disable=SC2016  # Python source, kept literal on purpose
 editor={q(REGISTRIES_EDITOR_SOURCE)}
+needs="editing registries.yaml needs python3 with PyYAML (apt install python3-yaml, dnf install python3-pyyaml)"
+# One interpreter start per edit: the editor exits 4 without PyYAML, 3 (with its message) when
+# the file cannot be edited.
 edit_registries() {{
-  if ! {{ command -v python3 >/dev/null 2>&1 && python3 -c 'import yaml' 2>/dev/null; }}; then
-    fail "editing registries.yaml needs python3 with PyYAML (apt install python3-yaml, dnf install python3-pyyaml)"
-  fi
-  python3 -c "$editor" "$@"
+  command -v python3 >/dev/null 2>&1 || fail "$needs"
+  status=0
+  python3 -c "$editor" "$@" || status=$?
+  case $status in
+    0|3) return "$status" ;;
+    4) fail "$needs" ;;
+    *) fail "python3 failed ($status) on registries.yaml; $needs" ;;
+  esac
 }}
 """
     )

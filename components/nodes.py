@@ -1,13 +1,15 @@
 """The node side: every k3s node trusts the registry, resolves its name and pulls from it.
 
-One ``NodeConfiguration`` per node, each with three independent steps (trust store,
-/etc/hosts, k3s registries.yaml) run over SSH by pulumi-command. Nodes never depend on one
-another, so ``pulumi up --continue-on-error`` configures every reachable node when one is down.
+One ``NodeConfiguration`` per node: a ``NodeScripts`` resource (components/drift.py) writes
+the node's step scripts once and observes the node on refresh, in one SSH session each; then
+four steps run by pulumi-command (trust store, /etc/hosts, k3s registries.yaml, and the k3s
+restart that applies it), each a short line that runs its script by digest
+(components/node_plan.py). Nodes never depend on one another except for the servers'
+restarts, so ``pulumi up --continue-on-error`` configures every reachable node when one is down.
 
-pulumi-command cannot read a node back, so each step also has an observation
-(components/drift.py) that a refresh re-reads: when someone changed the node behind
-Pulumi's back, the observation differs, its repair count rises, and that count is part of
-the step's command text, so the next `up` re-runs exactly that step.
+pulumi-command cannot read a node back: when a refresh finds a step drifted, that step's
+repair count rises, and the count is part of the step's command text, so the next `up`
+re-runs exactly that step.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Optional, Sequence
 import pulumi
 import pulumi_command as command
 
-from . import drift, drift_probes, node_scripts
+from . import drift, node_scripts
 from .config import NodeAccessSettings, NodeSettings, RegistrySettings
-from .node_scripts import NodeTarget, as_command
+from .node_plan import NodePlan, command_texts
 
 
 def instance_id_for(project: str, stack: str) -> str:
@@ -48,68 +50,62 @@ class NodeConfigurationArgs:
     """Remove the manual guide's leftovers (key, certificate, hosts line, registries.yaml entry)."""
 
 
-class NodeConfiguration(pulumi.ComponentResource):
-    """The registry's trust, name and k3s settings on one node, and the k3s restart that applies them."""
+class NodeConfiguration:
+    """The registry's trust, name and k3s settings on one node, and the k3s restart that applies them.
 
+    Declares the node's resources under ``parent`` (the ClusterNodes component), named after
+    ``name``. Not a component of its own: a file backend rewrites the whole checkpoint after
+    every resource, so a component per node would cost a write per node on every update of
+    every node, for a level in the preview tree that the names already give.
+    """
+
+    scripts: drift.NodeScripts
     trust: command.remote.Command
     hosts: command.remote.Command
     registries: command.remote.Command
     restart: command.remote.Command
 
-    def __init__(self, name: str, args: NodeConfigurationArgs, opts: Optional[pulumi.ResourceOptions] = None):
-        super().__init__("k3s-registry:index:NodeConfiguration", name, None, opts)
+    def __init__(self, name: str, args: NodeConfigurationArgs, parent: pulumi.Resource, owner: pulumi.Output[str]):
         node = args.node
         registry = args.registry
-        anchor = pulumi.Output.from_input(args.trust_anchor_pem)
-        # The steps are owned by this component's URN: a renamed node or a new parent is a new
-        # owner, and the old resources' deletes leave what the new ones configured.
-        # Only the URN's value is wanted: depending on this component would mean depending on its
-        # own children (a cycle), so the value is taken without the resource dependency.
-        urn_value = pulumi.Output(set(), self.urn.future(), self.urn.is_known(), self.urn.is_secret())
-        target = urn_value.apply(
-            lambda urn: NodeTarget(node_name=node.name, role=node.role, instance_id=args.instance_id, owner=str(urn))
+        caches = tuple((mirror.upstream, registry.mirror_address(mirror)) for mirror in registry.mirrors)
+        plan = pulumi.Output.all(owner, args.trust_anchor_pem).apply(
+            lambda values: NodePlan(
+                node_name=node.name, role=node.role, instance_id=args.instance_id, owner=str(values[0]),
+                certificate_pem=values[1], hostname=registry.hostname, ip_address=registry.load_balancer_ip,
+                address=registry.address, caches=caches, migrate_from_guide=args.migrate_from_guide,
+                restart_k3s=args.restart_k3s, restart_timeout_seconds=args.restart_timeout_seconds,
+            )
         )
+        private_key = pulumi.Output.secret(args.ssh_private_key) if args.ssh_private_key is not None else None
         connection = command.remote.ConnectionArgs(
-            host=node.host,
-            port=node.port,
-            user=node.user,
-            private_key=pulumi.Output.secret(args.ssh_private_key) if args.ssh_private_key is not None else None,
-            host_key=node.host_key,
+            host=node.host, port=node.port, user=node.user, private_key=private_key, host_key=node.host_key,
         )
-        step_options = pulumi.ResourceOptions(parent=self, delete_before_replace=True)
+        # The Commands must not be its dependencies: they read its repairs and run its scripts.
+        self.scripts = drift.NodeScripts(
+            f"{name}-scripts",
+            connection=drift.connection_props(node.host, node.port, node.user, args.ssh_private_key, node.host_key),
+            plan=plan.apply(lambda p: p.to_props()),
+            credentials=args.registry_credentials,
+            opts=pulumi.ResourceOptions(parent=parent),
+        )
+        step_options = pulumi.ResourceOptions(parent=parent, delete_before_replace=True, depends_on=[self.scripts])
 
-        def script(render) -> pulumi.Output[str]:
-            """A script rendered for this node's target and the CA, as the command line for its user."""
-            return pulumi.Output.all(target, anchor).apply(lambda values: as_command(render(*values), node.user))
+        # The Commands' texts come from what the resource wrote: its directory and each step's
+        # digest (a Command re-runs exactly when its step's scripts changed) and repair count.
+        texts = pulumi.Output.all(self.scripts.scripts_dir, self.scripts.digests, self.scripts.repairs).apply(
+            lambda values: command_texts(values[0], values[1] or {}, values[2] or {}, node.user)
+        )
 
-        def step(
-            role: str,
-            create: pulumi.Input[str],
-            delete: pulumi.Input[str],
-            probe: pulumi.Input[str],
-            stdin: Optional[pulumi.Input[str]] = None,
-        ) -> command.remote.Command:
-            # The observation must not depend on the Command: the Command reads its repairs.
-            observed = drift.observe_step(
-                f"{name}-{role}-observed",
-                host=node.host,
-                port=node.port,
-                user=node.user,
-                private_key=args.ssh_private_key,
-                host_key=node.host_key,
-                probe=probe,
-                probe_stdin=stdin,
-                parent=self,
-            )
-            text = pulumi.Output.all(create, observed.repairs).apply(
-                lambda values: drift.with_repairs(values[0], values[1])
-            )
+        def text(key: str) -> pulumi.Output[str]:
+            return texts.apply(lambda all_texts: all_texts[key])
+
+        def step(role: str, stdin: Optional[pulumi.Input[str]] = None) -> command.remote.Command:
             return command.remote.Command(
                 f"{name}-{role}",
                 connection=connection,
-                create=text,
-                update=text,
-                delete=delete,
+                create=text(f"{role}/create"),
+                delete=text(f"{role}/delete"),
                 # Secrets travel on stdin: the provider prints the command text when it fails.
                 stdin=stdin,
                 add_previous_output_in_env=False,
@@ -118,55 +114,26 @@ class NodeConfiguration(pulumi.ComponentResource):
                 opts=step_options,
             )
 
-        probe_target = NodeTarget(node_name=node.name, role=node.role, instance_id=args.instance_id)
-        guide_hostname = registry.hostname if args.migrate_from_guide else None
-        caches = tuple((mirror.upstream, registry.mirror_address(mirror)) for mirror in registry.mirrors)
-        self.trust = step(
-            "trust",
-            script(lambda t, pem: node_scripts.trust_install_script(t, pem, guide_hostname)),
-            script(lambda t, _pem: node_scripts.trust_remove_script(t)),
-            probe=anchor.apply(lambda pem: drift_probes.trust_probe_script(probe_target, pem)),
-        )
-        self.hosts = step(
-            "hosts",
-            script(
-                lambda t, _pem: node_scripts.hosts_install_script(
-                    t, registry.hostname, registry.load_balancer_ip, args.migrate_from_guide
-                )
-            ),
-            script(lambda t, _pem: node_scripts.hosts_remove_script(t)),
-            probe=drift_probes.hosts_probe_script(probe_target, registry.hostname, registry.load_balancer_ip),
-        )
-        restart_settings = (args.restart_k3s, args.restart_timeout_seconds)
-        self.registries = step(
-            "k3s",
-            script(
-                lambda t, pem: node_scripts.registries_install_script(t, registry.address, pem, guide_hostname, caches)
-            ),
-            script(lambda t, _pem: node_scripts.registries_remove_script(t, registry.address, *restart_settings)),
-            probe=anchor.apply(
-                lambda pem: drift_probes.registries_probe_script(probe_target, registry.address, pem, caches)
-            ),
-            stdin=args.registry_credentials,
-        )
+        self.trust = step("trust")
+        self.hosts = step("hosts")
+        self.registries = step("k3s", stdin=args.registry_credentials)
         # Runs whenever the k3s step changed registries.yaml (its generation is in the text),
         # only after the registry is up and, on a server, after the previous server is back.
-        restart_text = pulumi.Output.all(
-            script(lambda t, _pem: node_scripts.restart_script(t, *restart_settings)), self.registries.stdout
-        ).apply(lambda values: f"{values[0]}\n# k3s settings generation {node_scripts.settings_generation(values[1])}")
+        restart_text = pulumi.Output.all(texts, self.registries.stdout).apply(
+            lambda values: f"{values[0]['restart/create']}\n"
+            f"# k3s settings generation {node_scripts.settings_generation(values[1])}"
+        )
         self.restart = command.remote.Command(
             f"{name}-restart",
             connection=connection,
             create=restart_text,
-            update=restart_text,
-            delete=script(lambda t, _pem: node_scripts.restart_remove_script(t, registry.address, *restart_settings)),
+            delete=text("restart/delete"),
             add_previous_output_in_env=False,
             triggers=[node.host, node.port],
             opts=pulumi.ResourceOptions.merge(
                 step_options, pulumi.ResourceOptions(depends_on=[self.registries, *args.restart_after])
             ),
         )
-        self.register_outputs({})
 
 
 @dataclass(frozen=True)
@@ -180,6 +147,11 @@ class ClusterNodesArgs:
     """The registry's credentials, which k3s needs to pull; None when authentication is off."""
     restart_after: Sequence[pulumi.Resource] = ()
     """The registry's workloads: k3s restarts only once they are in place."""
+
+
+def owner_of(component_urn: pulumi.Output[Optional[str]], node_name: str) -> pulumi.Output[str]:
+    """Who manages a node's steps: the ClusterNodes component's URN and the node's name."""
+    return component_urn.apply(lambda urn: f"{urn}#{node_name}")
 
 
 def credentials_json(username: pulumi.Input[str], password: pulumi.Input[str]) -> pulumi.Output[str]:
@@ -203,6 +175,11 @@ class ClusterNodes(pulumi.ComponentResource):
             if args.username is not None and args.password is not None
             else None
         )
+        # A node's steps are owned by this component's URN and the node's name: a renamed node or
+        # a new parent is a new owner, and the old resources' deletes leave what the new ones
+        # configured. Only the URN's value is wanted: depending on this component would mean
+        # depending on its own children (a cycle), so the value is taken without the dependency.
+        urn_value = pulumi.Output(set(), self.urn.future(), self.urn.is_known(), self.urn.is_secret())
         self.nodes: dict[str, NodeConfiguration] = {}
         previous_server_restart: list[pulumi.Resource] = []
         for node in args.access.nodes:
@@ -222,7 +199,8 @@ class ClusterNodes(pulumi.ComponentResource):
                     # control plane (embedded etcd) keeps its quorum.
                     restart_after=[*args.restart_after, *(previous_server_restart if node.role == "server" else [])],
                 ),
-                opts=pulumi.ResourceOptions(parent=self),
+                parent=self,
+                owner=owner_of(urn_value, node.name),
             )
             self.nodes[node.name] = configured
             if node.role == "server":

@@ -9,12 +9,17 @@ The caller writes the result; this program only reads the current file and print
             pull-through caches: mirrors.<upstream> -> https://<address> with the same CA and auth)
     unmerge FILE ADDRESS [CACHES]
     forget-guide FILE HOSTNAME   the manual guide's entry: configs.HOSTNAME (no port) with its key_file
+
+Exit status 3: the file cannot be edited (the message says why); 4: no PyYAML on the node.
 """
 
 import json
 import sys
 
-import yaml
+try:
+    import yaml
+except ImportError:  # the node has no PyYAML: the calling script names the package to install
+    sys.exit(4)
 
 
 class EditError(Exception):

@@ -7,7 +7,8 @@ The engine's rules (pkg/resource/deploy in pulumi/pulumi; ../shared/notes/pulumi
 - a URN that is gone (a renamed node, a new parent) is deleted at the END of the update, after
   every create and update, dependents first: the old delete runs after the new create.
 
-Commands run over SSH on the test host whose address is the command's connection host; the
+Commands run over SSH on the test host whose address is the command's connection host, and a
+node's NodeScripts resource runs its real provider (create, or Diff then Update; delete); the
 registry's Deployment and Service "take" ``workload_seconds`` (pulumi-kubernetes awaits them),
 so a test can see what ran before they were in place. A failed resource fails its dependents,
 which never start, as in the engine.
@@ -22,10 +23,12 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from harness import Evaluation, Resource
+from nodebed import delete_scripts, refresh_scripts, write_scripts
 from testbed.sshexec import ClientKey, ssh_run
 from testbed.sshnodes import TestNode
 
 COMMAND = "command:remote:Command"
+SCRIPTS = "pulumi-python:dynamic/k3s-registry:NodeScripts"
 WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Service")
 
 
@@ -90,6 +93,11 @@ def up(
                 step = run_command(resource, operation, by_ip, client_key)
                 log.steps[resource.name] = step
                 ok[resource.urn] = step.exit_status == 0
+            elif resource.type == SCRIPTS:
+                step = run_provider(write_scripts, resource, operation, by_ip, client_key)
+                if step.stdout != "unchanged":
+                    log.steps[resource.name] = step
+                ok[resource.urn] = step.exit_status == 0
             else:
                 if resource.type in WORKLOADS and operation == "create":
                     started = time.time()
@@ -108,6 +116,8 @@ def up(
     for resource in delete_order(gone):
         if resource.type == COMMAND:
             log.steps[f"{resource.name} (old)"] = run_command(resource, "delete", by_ip, client_key)
+        elif resource.type == SCRIPTS:
+            log.steps[f"{resource.name} (old)"] = run_provider(delete_scripts, resource, "delete", by_ip, client_key)
     return log
 
 
@@ -117,7 +127,22 @@ def destroy(evaluation: Evaluation, nodes: dict[str, TestNode], client_key: Clie
     for resource in delete_order(evaluation.resources):
         if resource.type == COMMAND:
             log.steps[resource.name] = run_command(resource, "delete", by_ip, client_key)
+        elif resource.type == SCRIPTS:
+            log.steps[resource.name] = run_provider(delete_scripts, resource, "delete", by_ip, client_key)
     return log
+
+
+def refresh(evaluation: Evaluation, nodes: dict[str, TestNode], client_key: ClientKey) -> dict[str, dict]:
+    """A refresh: every NodeScripts resource read at once (the engine reads resources in parallel);
+    what each observed off, by resource name. The answers become the state, as in the engine."""
+    by_ip = {node.ip: node for node in nodes.values()}
+    found = evaluation.of_type(SCRIPTS)
+
+    def read(resource: Resource) -> dict:
+        return refresh_scripts(resource, by_ip[resource.inputs["connection"]["host"]], client_key)["observed"]
+
+    with ThreadPoolExecutor(max_workers=max(1, len(found))) as pool:
+        return dict(zip((r.name for r in found), pool.map(read, found)))
 
 
 def delete_order(resources: list[Resource]) -> list[Resource]:
@@ -146,4 +171,17 @@ def run_command(resource: Resource, operation: str, by_ip: dict[str, TestNode], 
     )
     step.finished, step.exit_status = time.time(), status
     step.stdout, step.stderr = stdout.decode(errors="replace"), stderr.decode(errors="replace")
+    return step
+
+
+def run_provider(action, resource: Resource, operation: str, by_ip: dict[str, TestNode], client_key: ClientKey) -> Step:
+    """A NodeScripts provider call as a step; its error, as the engine would report it, fails the step."""
+    node = by_ip[resource.inputs["connection"]["host"]]
+    step = Step(resource.name, operation, started=time.time())
+    try:
+        step.stdout = action(resource, node, client_key) or ""
+        step.exit_status = 0
+    except Exception as error:  # the engine reports any provider error as the step's failure
+        step.exit_status, step.stderr = 1, f"{type(error).__name__}: {error}"
+    step.finished = time.time()
     return step

@@ -97,7 +97,8 @@ def normalize(value: Any) -> Any:
 
 
 def _state_key(args: pulumi_mocks.MockResourceArgs) -> str:
-    return hashlib.sha256(json.dumps([args.typ, args.name, normalize(args.inputs)], sort_keys=True, default=str).encode()).hexdigest()
+    identity = json.dumps([args.typ, args.name, normalize(args.inputs)], sort_keys=True, default=str)
+    return hashlib.sha256(identity.encode()).hexdigest()
 
 
 def _private_key(inputs: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +205,10 @@ def _random_password(inputs: dict[str, Any]) -> dict[str, Any]:
     return {"result": result, "bcryptHash": bcrypt_hash}
 
 
+NODE_SCRIPTS = "pulumi-python:dynamic/k3s-registry:NodeScripts"
+ROOT_STACK_TYPE = "pulumi:pulumi:Stack"
+
+
 class ProviderMocks(pulumi.runtime.Mocks):
     """Provider behaviour for every resource type the program declares."""
 
@@ -261,6 +266,11 @@ class ProviderMocks(pulumi.runtime.Mocks):
             outputs["metadata"] = metadata
         elif args.typ == "command:remote:Command":
             outputs.update({"stdout": "", "stderr": ""})
+        elif args.typ == NODE_SCRIPTS:
+            # What the real provider's create returns (without the SSH): the state keeps no plan.
+            from components.drift import outputs_of
+
+            outputs = {"__provider": outputs["__provider"], **outputs_of(outputs, repairs={})}
         outputs.update(normalize(self.outputs_by_name.get(args.name, {})))
         return [f"{args.name}-id", outputs]
 
@@ -278,6 +288,17 @@ class CapturingMonitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request):
         self.requests.append(request)
         return super().RegisterResource(request)
+
+    def make_urn(self, parent: str, type_: str, name: str) -> str:
+        """The engine's URN (pkg/resource/deploy/deployment.go, generateURN): the parent's whole
+        qualified type, less the root stack's. Pulumi's mocks keep only the parent's last type,
+        so there a component moved under a new parent would leave its children's URNs unchanged."""
+        qualified = type_
+        if parent:
+            parent_type = parent.split("::")[2]
+            if parent_type != ROOT_STACK_TYPE:
+                qualified = f"{parent_type}${type_}"
+        return "urn:pulumi:" + "::".join([pulumi.get_stack(), pulumi.get_project(), qualified, name])
 
 
 async def _settle(value: Any) -> tuple[Any, bool]:

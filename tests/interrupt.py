@@ -1,13 +1,15 @@
-"""Kills a node step's script at its k-th external command, on a real test host.
+"""Kills a node step's script, or the installer of a node's scripts, at its k-th external command.
 
-The step's command is run exactly as the program declared it (the text pulumi-command would
-send), over real SSH, with two things put in front of it: ``TMPDIR`` (so the scratch
-directories a killed script cannot clean up land in this test's own directory) and a ``PATH``
-whose first directory holds one wrapper per external tool the scripts use. Every wrapper
-counts its call in a counter file; at the chosen call it sends SIGKILL to the whole process
-group of the SSH session (``kill -9 0``: the ``sh -c`` script, its subshells and the tool),
-either BEFORE the tool runs or AFTER it finished. Nothing in the script gets to clean up, as
-when a connection drops or a machine loses power mid-run.
+The command is run exactly as the program declared it, on a real test host over real SSH: the
+text pulumi-command would send (``sh <scripts dir>/run <step> <action> [<digest>]``), or the
+line the NodeScripts provider sends (``sh -s``, the installer on stdin). Two things are put in
+front of it: ``TMPDIR`` (so the scratch directories a killed script cannot clean up land in this
+test's own directory) and a ``PATH`` whose first directory holds one wrapper per external tool
+the scripts use; the ``sh`` and every script it starts inherit both. Every wrapper counts its
+call in a counter file; at the chosen call it sends SIGKILL to the whole process group of the
+SSH session (``kill -9 0``: the ``sh`` running the script, its subshells and the tool), either
+BEFORE the tool runs or AFTER it finished. Nothing in the script gets to clean up, as when a
+connection drops or a machine loses power mid-run.
 
 A redirection such as
 ``cat "$tmp" > "$target"`` is opened by the shell before ``cat`` starts: killing "before cat"
@@ -121,12 +123,15 @@ class Interrupter:
             self.client = None
 
     def command_for(self, command: str) -> str:
-        """The declared command, run with the wrappers first on PATH (root sessions only)."""
+        """The declared command, run with the wrappers first on PATH (root sessions only): ``sh``
+        with a script file (the steps' ``run`` helper) or ``-s`` (the script on stdin)."""
         assert not command.startswith("sudo"), "sudo resets PATH: interrupt root sessions only"
-        assert command.startswith("sh -c "), command[:40]
+        assert command.startswith("sh "), command[:40]
         return f"TMPDIR={shlex.quote(str(self.tmp))} PATH={shlex.quote(str(self.bin))}:\"$PATH\" {command}"
 
     def run(self, command: str, client_key: ClientKey, *, kill_at: int = 0, when: str = "before", stdin: str = "") -> Run:
+        """Runs ``command`` in one session, ``stdin`` written to it then closed (as pulumi-command
+        and the NodeScripts provider do; ``sh -s`` reads its script from there)."""
         assert when in ("before", "after")
         (self.ctl / "count").write_text("0\n")
         (self.ctl / "kill_at").write_text(f"{kill_at}\n")
@@ -167,7 +172,7 @@ def restore_state(node: TestNode, archive: Path) -> None:
         "set -e\n"
         "rm -rf /etc/rancher /var/lib/k3s-registry /etc/ssl/certs/ca-certificates.crt\n"
         "find /usr/local/share/ca-certificates -mindepth 1 -delete\n"
-        "rm -f /etc/.k3s-registry.*\n"
+        "rm -f /etc/.k3s-registry.* /etc/.k3s-registry-*\n"  # scratch and rollback copies beside /etc/hosts
         'tar -C / -xpf "$0"\n'
         'cat "$0.hosts" > /etc/hosts\n'
     )

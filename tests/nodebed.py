@@ -13,6 +13,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from harness import Evaluation, Resource
+
+from components.drift import NodeScriptsProvider
+from components.node_plan import NodePlan
 from testbed.sshexec import ClientKey, ssh_run
 from testbed.sshnodes import TestNode, start_node
 
@@ -38,6 +41,63 @@ def node_steps(evaluation: Evaluation, node_name: str) -> dict[str, Resource]:
     return {r.name[len(prefix):]: r for r in evaluation.of_type(COMMAND) if r.name.startswith(prefix)}
 
 
+def scripts_resource(evaluation: Evaluation, node_name: str) -> Resource:
+    """The node's NodeScripts resource (components/drift.py): writes its scripts, observes it."""
+    return evaluation.named(f"nodes-{node_name}-scripts")
+
+
+def provider_props(resource: Resource, client_key: ClientKey) -> dict:
+    """The inputs the program declared, as the provider gets them; without a key in the stack the
+    provider uses the SSH agent, which here is the test bed's client key."""
+    props = dict(resource.inputs)
+    props["connection"] = {"private_key": client_key.private_key_text, **props["connection"]}
+    return props
+
+
+def write_scripts(resource: Resource, node: TestNode, client_key: ClientKey) -> str:
+    """What the engine does with a NodeScripts resource on an `up`: create it the first time;
+    later, update it when its Diff says so (olds: the outputs in the state). Returns what it did:
+    created, updated or unchanged; the outputs become the node's ``engine_state``."""
+    provider = NodeScriptsProvider()
+    props = provider_props(resource, client_key)
+    directory = NodePlan.from_props(props["plan"]).scripts_dir
+    if directory in node.engine_state:
+        resource_id, olds = node.engine_state[directory]
+        if not provider.diff(resource_id, olds, props).changes:
+            return "unchanged"
+        outputs, done = provider.update(resource_id, olds, props).outs, "updated"
+    else:
+        created = provider.create(props)
+        resource_id, outputs, done = created.id, created.outs, "created"
+    node.engine_state[directory] = (resource_id, outputs)
+    return done
+
+
+def scripts_outputs(resource: Resource, node: TestNode) -> dict:
+    """The outputs the state holds for the node's NodeScripts resource (what a program run sees)."""
+    return node.engine_state[NodePlan.from_props(resource.inputs["plan"]).scripts_dir][1]
+
+
+def refresh_scripts(resource: Resource, node: TestNode, client_key: ClientKey) -> dict:
+    """A refresh: the provider's read of the outputs in the state, which become the state."""
+    directory = NodePlan.from_props(resource.inputs["plan"]).scripts_dir
+    resource_id, olds = node.engine_state[directory]
+    outputs = NodeScriptsProvider().read(resource_id, {**olds, **_with_key(olds, client_key)}).outs
+    node.engine_state[directory] = (resource_id, {**outputs, "connection": olds["connection"]})
+    return outputs
+
+
+def delete_scripts(resource: Resource, node: TestNode, client_key: ClientKey) -> None:
+    """The engine deletes it after the node's Commands (they depend on it)."""
+    directory = NodePlan.from_props(resource.inputs["plan"]).scripts_dir
+    resource_id, outputs = node.engine_state.pop(directory)
+    NodeScriptsProvider().delete(resource_id, {**outputs, **_with_key(outputs, client_key)})
+
+
+def _with_key(outputs: dict, client_key: ClientKey) -> dict:
+    return {"connection": {"private_key": client_key.private_key_text, **outputs["connection"]}}
+
+
 def run_step(node: TestNode, step: Resource, phase: str, client_key: ClientKey) -> StepRun:
     """``phase`` is create, update or delete: the text pulumi-command would run for it."""
     inputs = step.inputs
@@ -58,7 +118,12 @@ def run_phase(
     runs = []
     for node in nodes:
         steps = node_steps(evaluation, node.name)
+        if phase != "delete":
+            write_scripts(scripts_resource(evaluation, node.name), node, client_key)
         runs += [run_step(node, steps[step], phase, client_key).check() for step in order]
+        if phase == "delete" and NodePlan.from_props(scripts_resource(evaluation, node.name).inputs["plan"]).scripts_dir \
+                in node.engine_state:
+            delete_scripts(scripts_resource(evaluation, node.name), node, client_key)
     return runs
 
 

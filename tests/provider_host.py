@@ -9,7 +9,9 @@ calls Configure once and Check/Create/Read/Diff/Update/Delete with serialized pr
 The host answers Configure with ``acceptSecrets: false``, so the engine sends it every secret as
 its plain value; this client does the same (``plain``). What is sent is what the program
 declared: ``declared_inputs`` takes a captured resource's inputs from the exact protobuf struct
-the program registered (harness ``wire_inputs``), ``__provider`` included.
+the program registered (harness ``wire_inputs``), ``__provider`` included. The host answers with
+plain values too: marking outputs secret is the engine's job, by the ``additionalSecretOutputs``
+the program registered (``registrations`` captures them).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import harness
 import yaml
 from google.protobuf import json_format, struct_pb2
 from harness import PROJECT, PROJECT_DIR, Resource
@@ -39,7 +42,7 @@ ENGINE_ADDRESS = "127.0.0.1:1"  # the host only passes it on; nothing in these c
 DIFF_NONE = provider_pb2.DiffResponse.DIFF_NONE
 DIFF_SOME = provider_pb2.DiffResponse.DIFF_SOME
 DIFF_UNKNOWN = provider_pb2.DiffResponse.DIFF_UNKNOWN
-CALL_TIMEOUT = 300.0  # a probe over SSH may take a while (update-ca-certificates is not in it)
+CALL_TIMEOUT = 300.0  # one SSH session per call, every probe in it (update-ca-certificates is not)
 
 
 class ProviderError(Exception):
@@ -59,6 +62,40 @@ def plain(value: Any) -> Any:
     if isinstance(value, list):
         return [plain(item) for item in value]
     return value
+
+
+def has_secret(value: Any) -> bool:
+    """Whether a secret marker is anywhere in ``value`` (a deserialized property bag keeps them)."""
+    if rpc.is_rpc_secret(value):
+        return True
+    if isinstance(value, dict):
+        return any(has_secret(item) for item in value.values())
+    if isinstance(value, list):
+        return any(has_secret(item) for item in value)
+    return False
+
+
+@contextlib.contextmanager
+def registrations() -> Iterator[dict[str, Any]]:
+    """The RegisterResource requests of the evaluations run in the block, by resource name.
+
+    They hold the options the engine acts on and ``harness.Resource`` does not keep, such as
+    ``additionalSecretOutputs`` (the outputs the engine stores as secrets, whatever the provider
+    returned). The harness's monitor is wrapped for the block only.
+    """
+    requests: dict[str, Any] = {}
+    original = harness.CapturingMonitor
+
+    class Recording(original):  # type: ignore[misc, valid-type]
+        def RegisterResource(self, request):
+            requests[request.name] = request
+            return super().RegisterResource(request)
+
+    harness.CapturingMonitor = Recording
+    try:
+        yield requests
+    finally:
+        harness.CapturingMonitor = original
 
 
 def declared_inputs(resource: Resource) -> dict[str, Any]:

@@ -5,6 +5,7 @@ import json
 import bcrypt
 import pytest
 
+from components.node_plan import NodePlan
 from harness import GUIDE_CONFIG, evaluate, is_secret_marker
 
 PASSWORD = "random:index/randomPassword:RandomPassword"
@@ -64,13 +65,20 @@ def test_probes_do_not_need_credentials(secured):
 
 
 def test_nodes_get_the_credentials_on_stdin_as_a_secret(secured):
+    password = secured.one(PASSWORD).outputs["result"]
     step = secured.named("nodes-cube01-k3s")
     assert is_secret_marker(step.wire_inputs["stdin"])
-    assert json.loads(step.inputs["stdin"]) == {
-        "username": "registry", "password": secured.one(PASSWORD).outputs["result"],
-    }
-    for text_input in ("create", "update", "delete"):
-        assert secured.one(PASSWORD).outputs["result"] not in step.inputs[text_input]
+    assert json.loads(step.inputs["stdin"]) == {"username": "registry", "password": password}
+    assert "update" not in step.inputs, "an update re-runs create"
+    for text_input in ("create", "delete"):
+        assert password not in step.inputs[text_input]
+    # The node's scripts resource reads registries.yaml with them (on stdin of its one session):
+    # a secret input, and never part of the scripts it writes.
+    scripts = secured.named("nodes-cube01-scripts")
+    assert is_secret_marker(scripts.wire_inputs["credentials"])
+    assert scripts.inputs["credentials"] == step.inputs["stdin"]
+    assert password not in json.dumps(scripts.inputs["plan"])
+    assert not any(password in script for script in NodePlan.from_props(scripts.inputs["plan"]).scripts().values())
 
 
 def test_stack_outputs_give_the_user_and_the_password_as_a_secret(secured):
@@ -92,4 +100,5 @@ def test_without_auth_there_is_no_password_anywhere(open_registry):
     assert not any(name.startswith("REGISTRY_AUTH") for name in env)
     assert all(m["name"] != "auth" for m in container["volumeMounts"])
     assert "stdin" not in open_registry.named("nodes-cube01-k3s").inputs
+    assert "credentials" not in open_registry.named("nodes-cube01-scripts").inputs
     assert "registryPassword" not in open_registry.outputs

@@ -4,19 +4,19 @@ The declared steps run over real SSH, as pulumi-command runs them: entries are e
 k3s reads (mirror keyed by the upstream, https endpoint `host:port`, configs keyed `host:port`
 with ca_file and the credentials); adding and removing a cache changes exactly its entries;
 a mirror of the same upstream that someone else wrote stops the step by name; destroy gives
-the file back; a removed cache entry is drift the probe reports.
+the file back; a removed cache entry is drift the probe reports. As in an `up`, the node's
+scripts resource writes the scripts first (a changed cache list changes the k3s step's scripts,
+so exactly that Command's text), then the Commands whose text changed run.
 """
 
 from __future__ import annotations
-
-import shlex
 
 import pytest
 import yaml
 
 from harness import evaluate
-from nodebed import NodeSpec, node_steps, run_phase, run_step, running_nodes
-from testbed.sshexec import ssh_run
+from nodebed import (NodeSpec, node_steps, refresh_scripts, run_phase, run_step, running_nodes, scripts_outputs,
+                     scripts_resource, write_scripts)
 
 HOSTNAME = "registry.cache.test"
 REGISTRY_IP = "127.0.0.230"  # only written into /etc/hosts; nothing connects to it
@@ -33,7 +33,7 @@ CONFLICTING = b"""mirrors:
       - "https://mirror.lab.test"
 """
 NODES = {"cache01": ("127.0.0.93", THEIRS), "cache02": ("127.0.0.94", CONFLICTING)}
-OBSERVATION = "pulumi-python:dynamic/k3s-registry:NodeStepObservation"
+STEPS = ("trust", "hosts", "k3s", "restart")
 
 
 def stack(mirrors, nodes=("cache01",)):
@@ -53,10 +53,13 @@ def registries(node) -> dict:
     return yaml.safe_load(node.read_file(REGISTRIES))
 
 
-def apply(evaluation, node, client_key, phase="create"):
-    """The k3s step and its restart, as an `up` runs them after a change of the step's text."""
-    steps = node_steps(evaluation, node.name)
-    return [run_step(node, steps[step], phase, client_key) for step in ("k3s", "restart")]
+def apply(old, new, node, client_key):
+    """An `up` from ``old`` to ``new`` on the node: the scripts resource's update (new scripts), then
+    the k3s step (its text changed) and the restart it triggers (its text carries the k3s output)."""
+    assert write_scripts(scripts_resource(new, node.name), node, client_key) == "updated"
+    before, after = node_steps(old, node.name), node_steps(new, node.name)
+    assert {step for step in STEPS if after[step].inputs["create"] != before[step].inputs["create"]} == {"k3s"}
+    return [run_step(node, after[step], "update", client_key) for step in ("k3s", "restart")]
 
 
 def test_caches_are_written_as_k3s_reads_them_and_follow_the_config(cluster, client_key):
@@ -72,25 +75,28 @@ def test_caches_are_written_as_k3s_reads_them_and_follow_the_config(cluster, cli
     assert document["mirrors"]["quay.io"] == {"endpoint": ["https://quay.lab.test"]}, "the admin's mirror stays"
 
     two = evaluate(stack([{"upstream": "docker.io"}, {"upstream": "ghcr.io", "port": 5443}]))
-    assert all(run.exit_status == 0 for run in apply(two, node, client_key))
+    assert all(run.exit_status == 0 for run in apply(one, two, node, client_key))
     added = registries(node)
     assert added["mirrors"]["ghcr.io"] == {"endpoint": [f"https://{HOSTNAME}:5443"]}
     assert set(added["configs"]) == {f"{HOSTNAME}:5000", f"{HOSTNAME}:5001", f"{HOSTNAME}:5443"}
 
     back = evaluate(stack([{"upstream": "ghcr.io", "port": 5443}]))
-    assert all(run.exit_status == 0 for run in apply(back, node, client_key))
+    assert all(run.exit_status == 0 for run in apply(two, back, node, client_key))
     removed = registries(node)
     assert "docker.io" not in removed["mirrors"] and f"{HOSTNAME}:5001" not in removed["configs"]
     assert removed["mirrors"]["ghcr.io"] == added["mirrors"]["ghcr.io"]
     assert removed["mirrors"]["quay.io"] == {"endpoint": ["https://quay.lab.test"]}
 
+    scripts_dir = scripts_outputs(scripts_resource(back, "cache01"), node)["scripts_dir"]
     run_phase(back, [node], "delete", client_key)
     assert node.read_file(REGISTRIES) == THEIRS, "destroy gives the file back byte for byte"
+    assert not node.exists(scripts_dir), "and the scripts go last"
 
 
 def test_a_mirror_of_the_same_upstream_written_by_someone_else_stops_the_step_by_name(cluster, client_key):
     node = cluster["cache02"]
     declared = evaluate(stack([{"upstream": "docker.io"}], nodes=("cache02",)))
+    assert write_scripts(scripts_resource(declared, "cache02"), node, client_key) == "created"
     run = run_step(node, node_steps(declared, "cache02")["k3s"], "create", client_key)
     assert run.exit_status != 0
     assert "registries.yaml already has a mirror for docker.io that this program did not write" in run.stderr
@@ -102,17 +108,13 @@ def test_a_removed_cache_entry_is_drift_the_probe_names(cluster, client_key):
     node = cluster["cache01"]
     declared = evaluate(stack([{"upstream": "docker.io"}]))
     run_phase(declared, [node], "create", client_key)
-    observation = declared.named("nodes-cache01-k3s-observed").inputs
+    scripts = scripts_resource(declared, "cache01")
 
-    def probe() -> str:
-        status, out, err = ssh_run(node, f"sh -c {shlex.quote(observation['probe'])}", pkey=client_key.pkey(),
-                                   stdin=observation.get("probe_stdin", ""))
-        assert status == 0, err
-        return out.decode().strip()
-
-    assert probe() == "in-sync"
+    assert refresh_scripts(scripts, node, client_key)["observed"] == {}
     document = registries(node)
     del document["mirrors"]["docker.io"]
     node.write_file(REGISTRIES, yaml.safe_dump(document), mode=0o600)
-    assert probe() == "drift: registries.yaml has no mirror for docker.io"
+    assert refresh_scripts(scripts, node, client_key)["observed"] == {
+        "k3s": "drift: registries.yaml has no mirror for docker.io"}
     run_phase(declared, [node], "delete", client_key)
+    assert registries(node) == yaml.safe_load(THEIRS), "the hand-edited file keeps only the admin's entries"

@@ -1,27 +1,31 @@
-"""Drift on real SSH hosts: every tamper is seen by refresh (read), repaired by the step's update.
+"""Drift on real SSH hosts: every tamper is seen by ONE refresh of the node, repaired by that step alone.
 
-The steps are the exact Commands the program declares (run over SSH as pulumi-command would);
-the provider is called as Pulumi's provider host calls it, with plain dicts. One node is
-reached as root (systemd), one as `deploy` through sudo (OpenRC).
+Per node the program declares one ``NodeScripts`` resource (``nodes-<node>-scripts``), driven
+here as the engine drives it (tests/nodebed.py: create or diff+update, read on refresh), and
+the node's Commands, run over SSH as pulumi-command runs them. A repair is what the next `up`
+does: the resource's update counts a repair for the drifted step, the program evaluated with
+those outputs gives that step a new create text, and pulumi-command runs exactly the Commands
+whose text changed. One node is reached as root (systemd, host key pinned), one as `deploy`
+through sudo (OpenRC, any host key).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+from dataclasses import dataclass, field
 
 import dill
 import pytest
 import yaml
-from pulumi.dynamic.dynamic import serialize_provider
 
-from components.drift import EXPECTED, NodeStepProbeProvider, ProbeError
-from components.drift_probes import probe_scripts
-from components.node_scripts import NodeTarget
+from components.drift import NodeScriptsProvider, ProbeError
+from components.node_plan import NodePlan, reader_script
 from components.nodes import instance_id_for
-from harness import PROJECT, evaluate
-from nodebed import NodeSpec, free_addresses, node_steps, run_phase, run_step, running_nodes
-from testbed.sshnodes import start_node
+from harness import PROJECT, Evaluation, evaluate
+from nodebed import (NodeSpec, file_times, free_addresses, node_steps, provider_props, refresh_scripts, run_phase,
+                     run_step, running_nodes, scripts_outputs, scripts_resource, write_scripts)
+from testbed.sshnodes import DEFAULT_MANAGED_PATHS, DEPLOY_HOME, start_node
 
 HOSTNAME = "registry.drift.test"
 REGISTRY_IP = "127.0.0.250"  # only written into /etc/hosts; nothing connects to it
@@ -33,10 +37,9 @@ ANCHOR = f"/usr/local/share/ca-certificates/k3s-registry-{INSTANCE}.crt"
 K3S_CA = f"/etc/rancher/k3s/k3s-registry-{INSTANCE}-ca.crt"
 REGISTRIES = "/etc/rancher/k3s/registries.yaml"
 JAVA_KEYSTORE = "/etc/ssl/certs/java/cacerts"  # stamps import times: compared by content elsewhere
+GENERATION = f"/var/lib/k3s-registry/{INSTANCE}/generation"  # counts registries.yaml writes: a repair is one
+NO_PYYAML_PYTHON = "/usr/local/sbin/python3"  # ahead of /usr/bin in root's PATH and sudo's secure_path
 CANDIDATE_IPS = [f"127.0.0.{n}" for n in range(51, 60)]  # this file's range; other tests use other ones
-
-
-
 
 _IPS = free_addresses(CANDIDATE_IPS, 3)
 NODES = {
@@ -44,18 +47,9 @@ NODES = {
     "drift02": {"ip": _IPS[1], "role": "agent", "user": "deploy", "init": "openrc"},
 }
 DOWN_NODE_IP = _IPS[2]
-STEPS = ("trust", "hosts", "k3s")
+OBSERVED = ("trust", "hosts", "k3s")
+STEPS = ("trust", "hosts", "k3s", "restart")
 OTHER_PASSWORD = "someone-elses-registry-password"
-
-
-def stack_config():
-    nodes = [{"name": name, "host": spec["ip"], "role": spec["role"], "user": spec["user"]} for name, spec in NODES.items()]
-    return {"hostname": HOSTNAME, "loadBalancerIp": REGISTRY_IP, "nodes": nodes}
-
-
-@pytest.fixture(scope="module")
-def declared():
-    return evaluate(stack_config())
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +62,17 @@ def cluster(client_key, tmp_path_factory):
         yield started
 
 
-GENERATION = f"/var/lib/k3s-registry/{INSTANCE}/generation"  # counts registries.yaml writes: a repair is one
+@pytest.fixture(scope="module")
+def config(cluster):
+    """The stack: drift01's host key pinned (as `ssh-keyscan` would give it), drift02's not."""
+    nodes = [{"name": name, "host": spec["ip"], "role": spec["role"], "user": spec["user"]} for name, spec in NODES.items()]
+    nodes[0]["hostKey"] = cluster["drift01"].host_public_key
+    return {"hostname": HOSTNAME, "loadBalancerIp": REGISTRY_IP, "nodes": nodes}
+
+
+@pytest.fixture(scope="module")
+def declared(config):
+    return evaluate(config)
 
 
 def restart_lines(node) -> list[str]:
@@ -79,93 +83,135 @@ def comparable(snapshot: dict[str, bytes]) -> dict[str, bytes]:
     return {path: content for path, content in snapshot.items() if path not in (JAVA_KEYSTORE, GENERATION)}
 
 
-@pytest.fixture(scope="module")
-def applied(declared, cluster, client_key):
-    """The first `pulumi up` of the steps, and each node's files right after it."""
-    run_phase(declared, cluster.values(), "create", client_key)
-    return {name: comparable(node.snapshot()) for name, node in cluster.items()}
-
-
-def step_props(declared, node, step, client_key, **overrides):
-    """The observation's inputs as the provider host hands them over: plain dicts.
-
-    Connection and stdin (the registry credentials of the k3s step) are the step's Command's own.
-    """
-    command = node_steps(declared, node.name)[step].inputs
-    connection = command["connection"]
-    target = NodeTarget(node_name=node.name, role=NODES[node.name]["role"], instance_id=INSTANCE)
-    probe = probe_scripts(
-        target, certificate_pem=declared.outputs["caCertificatePem"], hostname=HOSTNAME, ip_address=REGISTRY_IP,
-        address=ADDRESS,
-    )[step]
-    props = {
-        "connection": {"host": connection["host"], "port": connection["port"], "user": connection["user"],
-                       "private_key": client_key.private_key_text, "host_key": node.host_public_key},
-        "probe": probe,
-        "probe_stdin": command.get("stdin"),
-        "expected": EXPECTED,
-        **overrides,
-    }
-    return {key: value for key, value in props.items() if value is not None}
-
-
-class Observer:
-    """One node's three observations, driven like the engine drives them (create, then refresh = read)."""
-
-    def __init__(self, provider, declared, node, client_key):
-        self.provider, self.node = provider, node
-        self.inputs = {step: step_props(declared, node, step, client_key) for step in STEPS}
-        self.states, self.ids = {}, {}
-        for step in STEPS:
-            created = provider.create(self.inputs[step])
-            self.states[step] = {**created.outs, "__provider": "serialized"}
-            self.ids[step] = created.id
-
-    def refresh(self, step):
-        self.states[step] = self.provider.read(self.ids[step], self.states[step]).outs
-        return self.states[step]["observed"]
-
-    def diff(self, step):
-        return self.provider.diff(self.ids[step], self.states[step], self.inputs[step])
-
-    def update(self, step):
-        self.states[step] = {**self.provider.update(self.ids[step], self.states[step], self.inputs[step]).outs}
-        return self.states[step]
+@dataclass
+class Applied:
+    snapshots: dict[str, dict[str, bytes]]
+    """Each node's files right after the first `up`."""
+    created: dict[str, dict]
+    """Each node's NodeScripts outputs as create left them."""
+    k3s_stdout: dict[str, str] = field(default_factory=dict)
+    """Each node's k3s Command output as of its last run: the restart's text carries it."""
 
 
 @pytest.fixture(scope="module")
-def observers(applied, declared, cluster, client_key):
-    provider = NodeStepProbeProvider()
-    return {name: Observer(provider, declared, node, client_key) for name, node in cluster.items()}
+def applied(declared, cluster, client_key) -> Applied:
+    """The first `pulumi up` of every node: its scripts resource created, then its steps."""
+    runs = run_phase(declared, cluster.values(), "create", client_key)
+    return Applied(
+        snapshots={name: comparable(node.snapshot()) for name, node in cluster.items()},
+        created={name: dict(scripts_outputs(scripts_resource(declared, name), node)) for name, node in cluster.items()},
+        k3s_stdout={run.node: run.stdout for run in runs if run.step == "k3s"},
+    )
+
+
+def sessions(node) -> int:
+    """Authenticated SSH connections the node's sshd has accepted so far (as bench/run.py counts them)."""
+    return node.log().count("Accepted ")
+
+
+def refresh(declared, node, client_key) -> dict:
+    """`pulumi refresh` of the node's scripts resource: what it observed off, checked to be ONE session."""
+    before = sessions(node)
+    observed = refresh_scripts(scripts_resource(declared, node.name), node, client_key)["observed"]
+    assert sessions(node) - before == 1, f"a refresh of {node.name} is one SSH session"
+    return observed
+
+
+def state(declared, node) -> dict:
+    return dict(scripts_outputs(scripts_resource(declared, node.name), node))
+
+
+def program(config, node_name: str, outputs: dict, k3s_stdout: str = "") -> Evaluation:
+    """The program run again with what the state holds: the scripts resource's outputs and the k3s step's stdout."""
+    return evaluate(config, outputs_by_name={f"nodes-{node_name}-scripts": outputs,
+                                             f"nodes-{node_name}-k3s": {"stdout": k3s_stdout}})
+
+
+def creates(evaluation: Evaluation, node_name: str) -> dict[str, str]:
+    return {step: resource.inputs["create"] for step, resource in node_steps(evaluation, node_name).items()}
+
+
+def up_node(config, node, before: dict, after: dict, applied: Applied, client_key) -> dict:
+    """What `pulumi up` runs on the node once its scripts resource went from ``before`` to ``after``
+    outputs: every Command whose create text changed (pulumi-command re-runs create), in order; the
+    restart's text carries the k3s step's new output. Returns the runs by step."""
+    name = node.name
+    old = creates(program(config, name, before, applied.k3s_stdout[name]), name)
+    runs = {}
+    for step in STEPS:
+        new = node_steps(program(config, name, after, applied.k3s_stdout[name]), name)[step]
+        if new.inputs["create"] != old[step]:
+            runs[step] = run_step(node, new, "update", client_key).check()
+            if step == "k3s":
+                applied.k3s_stdout[name] = runs[step].stdout
+    return runs
 
 
 @pytest.fixture
-def restore(declared, cluster, client_key):
-    """Whatever a test did, the next one starts from applied nodes (the steps are idempotent)."""
+def restore(config, declared, cluster, applied, client_key):
+    """Whatever a test did, the next one starts from applied nodes that read in sync (the steps are
+    idempotent): a refresh, the scripts resource's update, every step again, and a refresh."""
     yield
-    run_phase(declared, cluster.values(), "update", client_key)
+    for node in cluster.values():
+        node.remove(NO_PYYAML_PYTHON)
+        resource = scripts_resource(declared, node.name)
+        refresh_scripts(resource, node, client_key)
+        for run in run_phase(declared, [node], "update", client_key):
+            if run.step == "k3s":
+                applied.k3s_stdout[node.name] = run.stdout
+        assert refresh_scripts(resource, node, client_key)["observed"] == {}, node.name
+
+
+def with_key(outputs: dict, resource, client_key) -> dict:
+    """The state as the provider host hands it to read: the connection carries the key."""
+    return {**outputs, "connection": provider_props(resource, client_key)["connection"]}
+
+
+def password_of(declared) -> str:
+    return declared.outputs["registryPassword"]
 
 
 # ------------------------------------------------------------------ no drift
 
 @pytest.mark.parametrize("node_name", NODES)
-def test_without_drift_every_step_reads_in_sync_and_diffs_quiet(observers, node_name):
-    observer = observers[node_name]
-    for step in STEPS:
-        assert observer.states[step]["observed"] == EXPECTED and observer.states[step]["repairs"] == 0
-        assert observer.refresh(step) == EXPECTED, step
-        assert observer.diff(step).changes is False, step
-        assert observer.refresh(step) == EXPECTED, "a second refresh agrees: deterministic"
+def test_create_records_the_node_as_applied(node_name, applied, declared):
+    created = applied.created[node_name]
+    assert created["observed"] == {} and created["repairs"] == {}
+    plan = NodePlan.from_props(scripts_resource(declared, node_name).inputs["plan"])
+    assert created["digests"] == plan.step_digests() and created["scripts_dir"] == plan.scripts_dir
+
+
+@pytest.mark.parametrize("node_name", NODES)
+def test_without_drift_repeated_refreshes_stay_in_sync_and_nothing_changes(
+    node_name, config, declared, cluster, applied, client_key
+):
+    node = cluster[node_name]
+    resource = scripts_resource(declared, node_name)
+    before = state(declared, node)
+    texts = creates(program(config, node_name, before), node_name)
+    snapshot = node.snapshot()
+    times = file_times(node, DEFAULT_MANAGED_PATHS)
+    for _ in range(3):
+        assert refresh(declared, node, client_key) == {}
+        assert write_scripts(resource, node, client_key) == "unchanged", "diff is quiet: the up does nothing"
+    assert state(declared, node) == before
+    assert creates(program(config, node_name, state(declared, node)), node_name) == texts
+    assert node.snapshot() == snapshot and file_times(node, DEFAULT_MANAGED_PATHS) == times
 
 
 def test_the_non_root_user_is_really_used(declared, cluster):
-    assert node_steps(declared, "drift02")["k3s"].inputs["connection"]["user"] == "deploy"
+    assert scripts_resource(declared, "drift02").inputs["connection"]["user"] == "deploy"
+    for step, command in node_steps(declared, "drift02").items():
+        assert command.inputs["connection"]["user"] == "deploy"
+        assert command.inputs["create"].startswith("sudo -n sh "), step
+    assert all(text.startswith("sh ") for text in creates(declared, "drift01").values())
 
 
 # ------------------------------------------------------------------ every tamper: seen, then repaired
 
 def remove_managed_line(node):
-    node.write_file("/etc/hosts", b"\n".join(l for l in node.read_file("/etc/hosts").split(b"\n") if MARKER.encode() not in l))
+    node.write_file("/etc/hosts", b"\n".join(line for line in node.read_file("/etc/hosts").split(b"\n")
+                                             if MARKER.encode() not in line))
 
 
 def change_managed_ip(node):
@@ -214,153 +260,262 @@ TAMPERS = {
 
 @pytest.mark.parametrize("node_name", NODES)
 @pytest.mark.parametrize("tamper_name", TAMPERS)
-def test_a_tamper_is_seen_by_refresh_and_repaired_by_the_steps_update(
-    tamper_name, node_name, observers, applied, declared, cluster, client_key, restore
+def test_a_tamper_is_seen_by_one_refresh_and_repaired_by_that_step_alone(
+    tamper_name, node_name, config, declared, cluster, applied, client_key, restore
 ):
     step, tamper, reasons = TAMPERS[tamper_name]
-    node, observer = cluster[node_name], observers[node_name]
-    repairs_before = observer.states[step]["repairs"]
+    node = cluster[node_name]
+    resource = scripts_resource(declared, node_name)
+    before = state(declared, node)
+    assert before["observed"] == {}
     tamper(node)
 
-    observed = observer.refresh(step)
-    assert observed.startswith("drift: "), observed
+    observed = refresh(declared, node, client_key)
+    assert set(observed) == {step}, f"{tamper_name} is seen on {step} and nowhere else: {observed}"
+    assert observed[step].startswith("drift: "), observed
     for reason in reasons:
-        assert reason in observed, observed
-    assert observer.diff(step).changes is True
-    for other in set(STEPS) - {step}:
-        assert observer.refresh(other) == EXPECTED, f"{tamper_name} must not show on {other}"
-        assert observer.diff(other).changes is False, other
+        assert reason in observed[step], observed
+    assert password_of(declared) not in json.dumps(observed)
 
-    updated = observer.update(step)
-    assert updated["observed"] == EXPECTED and updated["repairs"] == repairs_before + 1
+    sessions_before = sessions(node)
+    assert write_scripts(resource, node, client_key) == "updated", "diff reports the drift"
+    assert sessions(node) == sessions_before, "the scripts on the node are current: the update writes nothing"
+    after = state(declared, node)
+    assert after["repairs"] == {**before["repairs"], step: before["repairs"].get(step, 0) + 1}
+    assert after["observed"] == {} and after["digests"] == before["digests"]
+
+    old_texts = creates(program(config, node_name, before, applied.k3s_stdout[node_name]), node_name)
+    new_texts = creates(program(config, node_name, after, applied.k3s_stdout[node_name]), node_name)
+    assert {s for s in STEPS if new_texts[s] != old_texts[s]} == {step}
+    assert new_texts[step].endswith(f"\n# repair {after['repairs'][step]}")
+
     generation = int(node.read_file(GENERATION))
-    steps = node_steps(declared, node_name)
-    repair = run_step(node, steps[step], "update", client_key).check()  # pulumi-command's repair
+    restarts_before = restart_lines(node)
+    runs = up_node(config, node, before, after, applied, client_key)
     if step == "k3s":
-        # The restart step's text carries the k3s step's output (its generation): when the repair
+        # The restart's text carries the k3s step's output (its generation): when the repair
         # rewrote registries.yaml the engine runs the restart next, and k3s restarts once.
-        rewritten = "registries.yaml: yes" in repair.stdout
-        assert f"k3s settings generation: {generation + rewritten}" in repair.stdout
-        restarts_before = restart_lines(node)
-        run_step(node, steps["restart"], "update", client_key).check()
+        rewritten = "registries.yaml: yes" in runs["k3s"].stdout
+        assert f"k3s settings generation: {generation + rewritten}" in runs["k3s"].stdout
+        assert set(runs) == ({"k3s", "restart"} if rewritten else {"k3s"})
         restart = {"drift01": "restart k3s", "drift02": "k3s-agent restart"}[node_name]
         assert restart_lines(node) == restarts_before + ([restart] if rewritten else [])
+    else:
+        assert set(runs) == {step}
+        assert restart_lines(node) == restarts_before
 
-    assert observer.refresh(step) == EXPECTED
-    assert observer.diff(step).changes is False
-    assert comparable(node.snapshot()) == applied[node_name], "the repair puts back exactly what up wrote"
+    assert refresh(declared, node, client_key) == {}
+    assert write_scripts(resource, node, client_key) == "unchanged"
+    assert comparable(node.snapshot()) == applied.snapshots[node_name], "the repair puts back exactly what up wrote"
 
 
-def test_drift_reasons_never_show_file_contents(observers, cluster, restore):
-    node, observer = cluster["drift01"], observers["drift01"]
+def test_drift_reasons_never_show_file_contents(declared, cluster, client_key, restore):
+    node = cluster["drift01"]
+    ours = node.read_file(REGISTRIES)
     node.write_file(REGISTRIES, yaml.safe_dump({
         "mirrors": {"docker.io": {"endpoint": ["https://mirror.drift.test"]}},
         "configs": {"other.drift.test:5000": {"auth": {"username": "bob", "password": OTHER_PASSWORD}}},
     }).encode(), mode=0o600)
-    observed = observer.refresh("k3s")
-    assert f"no mirror for {ADDRESS}" in observed
-    assert OTHER_PASSWORD not in observed and "bob" not in observed and "mirror.drift.test" not in observed
+    try:
+        observed = refresh(declared, node, client_key)
+    finally:
+        node.write_file(REGISTRIES, ours, mode=0o600)  # a repair would keep their entries beside ours
+    assert set(observed) == {"k3s"} and f"no mirror for {ADDRESS}" in observed["k3s"]
+    assert OTHER_PASSWORD not in observed["k3s"] and "bob" not in observed["k3s"]
+    assert "mirror.drift.test" not in observed["k3s"]
 
 
-def test_unparsable_registries_yaml_is_drift_without_the_parsers_quote(observers, declared, cluster, client_key, restore):
+def test_unparsable_registries_yaml_is_drift_without_the_parsers_quote(config, declared, cluster, applied, client_key,
+                                                                       restore):
     node = cluster["drift02"]
+    before = state(declared, node)
     node.write_file(REGISTRIES, f"configs: [password: {OTHER_PASSWORD}\n".encode(), mode=0o600)
-    observed = observers["drift02"].refresh("k3s")
-    assert observed == "drift: registries.yaml is not valid YAML"
+    assert refresh(declared, node, client_key) == {"k3s": "drift: registries.yaml is not valid YAML"}
+    assert write_scripts(scripts_resource(declared, "drift02"), node, client_key) == "updated"
     # The repair refuses to overwrite what it cannot parse: a person has to look, as the
     # failed `pulumi up` tells them. Here the person removes the file.
-    repair = run_step(node, node_steps(declared, "drift02")["k3s"], "update", client_key)
+    repaired = node_steps(program(config, "drift02", state(declared, node), applied.k3s_stdout["drift02"]), "drift02")
+    assert repaired["k3s"].inputs["create"] != creates(program(config, "drift02", before), "drift02")["k3s"]
+    repair = run_step(node, repaired["k3s"], "update", client_key)
     assert repair.exit_status != 0 and "not valid YAML" in repair.stderr
+    assert OTHER_PASSWORD not in repair.stderr
     node.remove(REGISTRIES)
+
+
+# ------------------------------------------------------------------ the scripts themselves
+
+@pytest.mark.parametrize("node_name", NODES)
+def test_a_deleted_scripts_dir_is_seen_and_the_update_puts_the_scripts_back(
+    node_name, config, declared, cluster, applied, client_key, restore
+):
+    node = cluster[node_name]
+    resource = scripts_resource(declared, node_name)
+    before = state(declared, node)
+    directory = before["scripts_dir"]
+    written = node.snapshot([directory])
+    assert set(written) >= {f"{directory}/run", f"{directory}/id", f"{directory}/k3s/probe.sh"}
+    node.remove(directory)
+    stale = node_steps(program(config, node_name, before, applied.k3s_stdout[node_name]), node_name)
+    assert run_step(node, stale["hosts"], "update", client_key).exit_status != 0, "no script, no step"
+
+    observed = refresh(declared, node, client_key)
+    assert observed == {
+        **{step: "drift: the scripts of this step on the node are missing or changed" for step in OBSERVED},
+        "scripts": "drift: missing or changed on the node: trust, hosts, k3s, restart",
+    }
+    sessions_before = sessions(node)
+    assert write_scripts(resource, node, client_key) == "updated"
+    assert sessions(node) - sessions_before == 1, "the scripts are written back in one session"
+    assert node.snapshot([directory]) == written, "the same scripts, the same id"
+    after = state(declared, node)
+    assert after["repairs"] == {step: before["repairs"].get(step, 0) + 1 for step in OBSERVED} | {
+        step: count for step, count in before["repairs"].items() if step not in OBSERVED}
+
+    runs = up_node(config, node, before, after, applied, client_key)
+    assert set(runs) == set(OBSERVED), "registries.yaml was intact: no restart"
+    assert refresh(declared, node, client_key) == {}
+    assert comparable(node.snapshot()) == applied.snapshots[node_name]
+
+
+@pytest.mark.parametrize("step,observed", [
+    ("hosts", {"hosts": "drift: the scripts of this step on the node are missing or changed",
+               "scripts": "drift: missing or changed on the node: hosts"}),
+    ("restart", {"scripts": "drift: missing or changed on the node: restart"}),
+])
+def test_a_changed_script_is_refused_by_the_runner_seen_by_refresh_and_put_back(
+    step, observed, config, declared, cluster, applied, client_key, restore
+):
+    node = cluster["drift01"]
+    resource = scripts_resource(declared, "drift01")
+    before = state(declared, node)
+    script = f"{before['scripts_dir']}/{step}/install.sh"
+    original = node.read_file(script)
+    node.write_file(script, original + b"echo changed by hand\n")
+    commands = node_steps(program(config, "drift01", before, applied.k3s_stdout["drift01"]), "drift01")
+    refused = run_step(node, commands[step], "update", client_key)
+    assert refused.exit_status != 0 and "not the version this update expects" in refused.stderr
+    assert "changed by hand" not in refused.stdout
+
+    assert refresh(declared, node, client_key) == observed
+    assert write_scripts(resource, node, client_key) == "updated"
+    assert node.read_file(script) == original
+    after = state(declared, node)
+    counted = {name: before["repairs"].get(name, 0) + 1 for name in observed if name != "scripts"}
+    assert after["repairs"] == {**before["repairs"], **counted}, "the scripts pseudo-step is no repair"
+    assert set(up_node(config, node, before, after, applied, client_key)) == set(counted)
+    assert refresh(declared, node, client_key) == {}
 
 
 # ------------------------------------------------------------------ credentials on stdin
 
-def test_the_k3s_steps_credentials_are_checked_from_stdin_never_from_the_text(declared, cluster, client_key):
+def test_the_k3s_steps_credentials_are_checked_from_stdin_never_from_the_text(declared, cluster, applied, client_key):
     node = cluster["drift01"]
-    credentials = node_steps(declared, "drift01")["k3s"].inputs["stdin"]
+    resource = scripts_resource(declared, "drift01")
+    credentials = resource.inputs["credentials"]
+    assert node_steps(declared, "drift01")["k3s"].inputs["stdin"] == credentials, "what the step writes"
     password = json.loads(credentials)["password"]
-    provider = NodeStepProbeProvider()
+    current = state(declared, node)
+    assert current["credentials"] == credentials
+    assert password not in reader_script(current["scripts_dir"], current["digests"])
+    assert password not in json.dumps(resource.inputs["plan"])
 
-    def observe(**overrides):
-        props = step_props(declared, node, "k3s", client_key, **overrides)
-        assert password not in props["probe"]
-        return provider.read("id", props).outs["observed"]
+    def observe(credentials) -> dict:
+        props = {**with_key(current, resource, client_key), "credentials": credentials}
+        return NodeScriptsProvider().read("id", {key: value for key, value in props.items() if value is not None}
+                                          ).outs["observed"]
 
-    assert observe() == EXPECTED
-    other = observe(probe_stdin=json.dumps({"username": json.loads(credentials)["username"], "password": "not-it"}))
-    assert other == f"drift: registries.yaml: configs.{ADDRESS} has other credentials"
-    unexpected = observe(probe_stdin="{}")
-    assert unexpected == f"drift: registries.yaml: configs.{ADDRESS} has credentials this program did not set"
+    assert observe(credentials) == {}
+    other = observe(json.dumps({"username": json.loads(credentials)["username"], "password": "not-it"}))
+    assert other == {"k3s": f"drift: registries.yaml: configs.{ADDRESS} has other credentials"}
+    unexpected = observe(None)
+    assert unexpected == {"k3s": f"drift: registries.yaml: configs.{ADDRESS} has credentials this program did not set"}
     for observed in (other, unexpected):
-        assert password not in observed
+        assert password not in json.dumps(observed)
 
 
-def test_credentials_removed_by_hand_are_drift(observers, cluster, restore):
+def test_credentials_removed_by_hand_are_drift(declared, cluster, client_key, restore):
     node = cluster["drift02"]
     document = yaml.safe_load(node.read_file(REGISTRIES))
     del document["configs"][ADDRESS]["auth"]
     node.write_file(REGISTRIES, yaml.safe_dump(document, sort_keys=False).encode(), mode=0o600)
-    assert observers["drift02"].refresh("k3s") == f"drift: registries.yaml: configs.{ADDRESS} has no credentials"
+    assert refresh(declared, node, client_key) == {"k3s": f"drift: registries.yaml: configs.{ADDRESS} has no credentials"}
 
 
 # ------------------------------------------------------------------ refresh must not guess
 
-def test_read_raises_when_the_node_is_down(declared, client_key, tmp_path):
+def test_refresh_raises_when_the_node_is_down(config, client_key, tmp_path):
     node = start_node("drift03", DOWN_NODE_IP, tmp_path, hosts_content=b"127.0.0.1 localhost\n",
                       authorized_pubkey=client_key.public_key_line)
-    provider = NodeStepProbeProvider()
-    target = NodeTarget(node_name="drift03", role="agent", instance_id=INSTANCE)
-    props = {
-        "connection": {"host": node.ip, "port": 22, "user": "root", "private_key": client_key.private_key_text},
-        "probe": probe_scripts(target, certificate_pem=declared.outputs["caCertificatePem"], hostname=HOSTNAME,
-                               ip_address=REGISTRY_IP, address=ADDRESS)["hosts"],
-        "expected": EXPECTED,
-    }
+    lone = evaluate({**config, "nodes": [{"name": "drift03", "host": DOWN_NODE_IP, "role": "agent"}]})
+    resource = scripts_resource(lone, "drift03")
     try:
-        state = provider.create(props).outs
-        assert state["observed"] == EXPECTED, "create records the state the Command applies next"
-        assert provider.read("id", state).outs["observed"].startswith("drift: "), "never configured"
+        assert write_scripts(resource, node, client_key) == "created"
+        assert scripts_outputs(resource, node)["observed"] == {}, "create records the state the Commands apply next"
+        never_configured = refresh(lone, node, client_key)
+        assert set(never_configured) == set(OBSERVED), never_configured
+        assert all(verdict.startswith("drift: ") for verdict in never_configured.values())
+        kept = scripts_outputs(resource, node)
     finally:
         node.stop()
     with pytest.raises(ProbeError, match=f"cannot reach {DOWN_NODE_IP}:22"):
-        provider.read("id", state)
+        refresh_scripts(resource, node, client_key)
+    assert scripts_outputs(resource, node) == kept, "a failed refresh changes no state"
 
 
-def test_a_pinned_host_key_rejects_another_server(observers, cluster):
-    state = dict(observers["drift01"].states["hosts"])
-    state["connection"] = {**state["connection"], "host_key": cluster["drift02"].host_public_key}
+@pytest.mark.parametrize("node_name", NODES)
+def test_refresh_raises_when_a_probe_cannot_judge(node_name, declared, cluster, applied, client_key, restore):
+    """No PyYAML on the node: the k3s probe fails naming the package, so the whole refresh fails."""
+    node = cluster[node_name]
+    before = state(declared, node)
+    node.write_file(NO_PYYAML_PYTHON, b'#!/bin/sh\nexec /usr/bin/python3 -I -S "$@"\n', mode=0o755)
+    try:
+        with pytest.raises(ProbeError, match=r"could not check for drift on .*\(exit 1\): .*"
+                                             r"checking registries.yaml needs python3 with PyYAML"):
+            refresh_scripts(scripts_resource(declared, node_name), node, client_key)
+    finally:
+        node.remove(NO_PYYAML_PYTHON)
+    assert state(declared, node) == before, "a failed refresh changes no state"
+    assert refresh(declared, node, client_key) == {}
+
+
+def test_a_pinned_host_key_rejects_another_server(declared, cluster, applied, client_key):
+    current = state(declared, cluster["drift01"])
+    assert current["connection"]["host_key"] == cluster["drift01"].host_public_key
+    props = with_key(current, scripts_resource(declared, "drift01"), client_key)
+    assert NodeScriptsProvider().read("id", props).outs["observed"] == {}
+    props["connection"] = {**props["connection"], "host_key": cluster["drift02"].host_public_key}
     with pytest.raises(ProbeError, match="BadHostKey"):
-        NodeStepProbeProvider().read("id", state)
+        NodeScriptsProvider().read("id", props)
 
 
-def test_without_a_host_key_any_server_key_is_accepted(observers):
-    state = dict(observers["drift02"].states["trust"])
-    state["connection"] = {k: v for k, v in state["connection"].items() if k != "host_key"}
-    assert NodeStepProbeProvider().read("id", state).outs["observed"] == EXPECTED
-
-
-def test_a_failing_probe_raises_instead_of_answering(observers):
-    state = {**observers["drift01"].states["hosts"], "probe": "set -eu\necho 'k3s-registry: no' >&2\nexit 4\n"}
-    with pytest.raises(ProbeError, match=r"failed \(exit 4\): k3s-registry: no"):
-        NodeStepProbeProvider().read("id", state)
+def test_without_a_host_key_any_server_key_is_accepted(declared, cluster, applied, client_key):
+    current = state(declared, cluster["drift02"])
+    assert "host_key" not in current["connection"]
+    assert refresh(declared, cluster["drift02"], client_key) == {}
 
 
 # ------------------------------------------------------------------ the provider as Pulumi stores it
 
-def test_a_provider_loaded_from_its_serialized_form_observes_real_drift(observers, cluster, restore):
-    loaded = dill.loads(base64.b64decode(serialize_provider(NodeStepProbeProvider())))
-    state = observers["drift02"].states["hosts"]
-    assert loaded.read("id", state).outs["observed"] == EXPECTED
+def test_the_declared_provider_loaded_from_its_serialized_form_observes_real_drift(declared, cluster, applied, client_key,
+                                                                                  restore):
+    resource = scripts_resource(declared, "drift02")
+    loaded = dill.loads(base64.b64decode(resource.inputs["__provider"]))
+    props = with_key(state(declared, cluster["drift02"]), resource, client_key)
+    assert loaded.read("id", props).outs["observed"] == {}
     remove_managed_line(cluster["drift02"])
-    assert loaded.read("id", state).outs["observed"] == "drift: /etc/hosts has no managed line"
+    assert loaded.read("id", props).outs["observed"] == {"hosts": "drift: /etc/hosts has no managed line"}
 
 
-def test_probes_write_nothing_on_the_node(observers, cluster, restore):
-    node = cluster["drift02"]
+@pytest.mark.parametrize("node_name", NODES)
+def test_probes_write_nothing_on_the_node(node_name, declared, cluster, applied, client_key, restore):
+    node = cluster[node_name]
     remove_managed_line(node)
     node.remove(K3S_CA)
-    before = node.snapshot()
-    for step in STEPS:
-        observers["drift02"].refresh(step)
-    assert node.snapshot() == before
+    # The node's own files a script could touch (the test host's /etc overlay, the homes, our
+    # state); /tmp and /usr are the machine's, shared with whatever else runs there.
+    paths = (*DEFAULT_MANAGED_PATHS, "/etc", "/root", DEPLOY_HOME)
+    before = node.snapshot(paths)
+    times = file_times(node, paths)
+    observed = refresh(declared, node, client_key)
+    assert set(observed) == {"hosts", "k3s"}
+    assert node.snapshot(paths) == before and file_times(node, paths) == times

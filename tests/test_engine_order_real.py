@@ -13,7 +13,7 @@ import pytest
 from components.config import load_settings
 from components.nodes import ClusterNodes, ClusterNodesArgs, instance_id_for
 from components.registry import Registry
-from engine import destroy, up
+from engine import SCRIPTS, destroy, up
 from harness import PROJECT, evaluate, run_function
 from nodebed import NodeSpec, running_nodes
 
@@ -30,7 +30,8 @@ SERVERS = {"control01": "127.0.0.81", "control02": "127.0.0.82", "control03": "1
 AGENTS = {"cube01": "127.0.0.84", "cube02": "127.0.0.85"}
 LONE = "127.0.0.86"
 RESTART_SECONDS = 1.0  # how long each restarted k3s stays down on the test hosts
-WORKLOAD_SECONDS = 1.5  # how long pulumi-kubernetes awaits the Deployment and Service
+WORKLOAD_SECONDS = 3.0  # how long pulumi-kubernetes awaits the Deployment and Service (a Deployment
+# rollout takes longer; long enough that node steps run in parallel with it even on a busy machine)
 
 
 def stack(nodes: dict[str, tuple[str, str]], **overrides) -> dict:
@@ -68,12 +69,17 @@ def test_a_node_renamed_in_the_stack_is_fully_configured_after_one_up(lone_node,
     log = up(renamed, nodes, client_key, old=first).check()
 
     old_deletes = [name for name in log.steps if name.endswith("(old)")]
-    assert sorted(old_deletes) == sorted(f"nodes-cube01-{s} (old)" for s in ("trust", "hosts", "k3s", "restart"))
-    for name in old_deletes:
+    steps = ("trust", "hosts", "k3s", "restart")
+    assert sorted(old_deletes) == sorted(f"nodes-cube01-{s} (old)" for s in (*steps, "scripts"))
+    for name in (f"nodes-cube01-{s} (old)" for s in steps):
         assert "left as it is" in log.steps[name].stdout, (name, log.steps[name].stdout)
     node_is_configured(lone_node)
-    owner = renamed.named("nodes-rack1-node1").urn
+    owner = f"{renamed.named('nodes').urn}#rack1-node1"
     assert lone_node.read_file(f"/var/lib/k3s-registry/{INSTANCE}-k3s.owner").decode().strip() == owner
+    # The old steps' scripts went with the old resource (they are per owner); the new ones stay.
+    scripts_dirs = {r.name: r.outputs["scripts_dir"] for r in (*first.of_type(SCRIPTS), *renamed.of_type(SCRIPTS))}
+    assert not lone_node.exists(scripts_dirs["nodes-cube01-scripts"])
+    assert lone_node.exists(scripts_dirs["nodes-rack1-node1-scripts"] + "/run")
     destroy(renamed, nodes, client_key).check()
     assert snapshot(lone_node) == before, "destroy after the rename gives the node back as it was"
 
@@ -101,13 +107,15 @@ def test_steps_moved_under_a_new_parent_stay_configured(lone_node, client_key):
     first = evaluate(config)
     up(first, nodes, client_key).check()
     moved = run_function(program_with_nodes_under_a_new_parent, config)
-    assert {r.name for r in moved.resources if r.type == "command:remote:Command"} == {
-        r.name for r in first.resources if r.type == "command:remote:Command"
+    assert {r.name for r in moved.resources if r.type in ("command:remote:Command", SCRIPTS)} == {
+        r.name for r in first.resources if r.type in ("command:remote:Command", SCRIPTS)
     }, "same names, new URNs"
 
     log = up(moved, nodes, client_key, old=first).check()
 
-    assert all("left as it is" in step.stdout for name, step in log.steps.items() if name.endswith("(old)"))
+    old_deletes = {name: step for name, step in log.steps.items() if name.endswith("(old)")}
+    assert len(old_deletes) == 5, sorted(old_deletes)
+    assert all("left as it is" in step.stdout for name, step in old_deletes.items() if "-scripts" not in name)
     node_is_configured(lone_node)
     destroy(moved, nodes, client_key).check()
     assert snapshot(lone_node) == before
@@ -156,11 +164,18 @@ def downtimes(node, unit) -> list[tuple[float, float]]:
 
 
 @pytest.fixture(scope="module")
-def first_up(ha_cluster, client_key):
+def stack_state():
+    """What the stack holds now (the last evaluation deployed), for the module's final destroy."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def first_up(ha_cluster, client_key, stack_state):
     declared = evaluate(ha_stack())
     log = up(declared, ha_cluster, client_key, workload_seconds=WORKLOAD_SECONDS).check()
+    stack_state["deployed"] = declared
     yield declared, log
-    destroy(declared, ha_cluster, client_key).check()
+    destroy(stack_state["deployed"], ha_cluster, client_key).check()
 
 
 def test_registry_settings_are_written_before_the_registry_is_up(first_up):
@@ -195,11 +210,13 @@ def test_agents_restart_in_parallel_without_waiting_for_the_servers(first_up, ha
     assert second_down < first_up_again, "the agents were down at the same time"
 
 
-def test_a_server_that_does_not_come_back_stops_the_servers_after_it(ha_cluster, client_key):
+def test_a_server_that_does_not_come_back_stops_the_servers_after_it(first_up, stack_state, ha_cluster, client_key):
+    """An update of the stack first_up deployed (a new registry port) meets a server that stays down."""
+    deployed, _ = first_up
     declared = evaluate(ha_stack(port="5001"))
     ha_cluster["control02"].set_unit("k3s", "broken")
     try:
-        log = up(declared, ha_cluster, client_key)
+        log = up(declared, ha_cluster, client_key, old=deployed)
     finally:
         ha_cluster["control02"].set_unit("k3s", "active")
     failed = log.failed()
@@ -211,7 +228,9 @@ def test_a_server_that_does_not_come_back_stops_the_servers_after_it(ha_cluster,
     # The next `up` (control02 fixed) applies what was left: control02 and control03 restart.
     for node in ha_cluster.values():
         node.clear_restart_log()
-    up(declared, ha_cluster, client_key).check()
+    # (old=deployed: what failed or never ran still has the old inputs in the state; the rest
+    # re-runs too here, which the idempotent scripts make harmless.)
+    up(declared, ha_cluster, client_key, old=deployed).check()
     restarted = {name for name, node in ha_cluster.items() if any("restart" in line.split() for line in node.restart_log())}
     assert restarted == {"control02", "control03"}
-    destroy(declared, ha_cluster, client_key).check()
+    stack_state["deployed"] = declared

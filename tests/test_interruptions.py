@@ -1,9 +1,11 @@
 """A node step killed at any point leaves every file it writes entirely old or entirely new.
 
-For each step (trust, hosts, k3s) and each phase (create, and delete after a full apply), the
-step's command -- exactly the text the program declared, run over real SSH on a real test
-host -- is killed (SIGKILL to the whole session) at its k-th external command, BEFORE the
-command runs and AFTER it finished, for every k until a run completes (see interrupt.py).
+For each step (trust, hosts, k3s, restart) and each phase (create, and delete after a full
+apply), the step's command -- exactly the text the program declared, ``sh <scripts dir>/run
+<step> install <digest>`` or ``... remove``, run over real SSH on a real test host -- is killed
+(SIGKILL to the whole session) at its k-th external command, BEFORE the command runs and AFTER
+it finished, for every k until a run completes (see interrupt.py). The ``run`` helper's own
+reads of the scripts (``cat``, to check their digest) are cut points too.
 Right after each kill, every file the step manages must be byte-identical to how it was
 before the run or to how an uninterrupted run leaves it; then the step is run again, without
 interruption, and the node must end exactly where an uninterrupted run leaves it (every byte,
@@ -12,13 +14,25 @@ foreign content of /etc/hosts and registries.yaml still there.
 
 The nodes start with rich content: an /etc/hosts of several lines without a final newline
 (bind-mounted, as in containers and LXC, so it is rewritten in place), and a registries.yaml
-with a comment and a docker.io mirror (or, in the "bare" cases, none at all).
+with a comment and a docker.io mirror (or, in the "bare" cases, none at all); and, as the engine
+creates the node's NodeScripts resource before its Commands, with the node's scripts directory,
+written by the real provider. The scripts are not files of a step, but they lie under the
+managed roots and stay judged there: a step must leave them as they were, kill or no kill.
+
+The installer of the scripts (the NodeScripts provider's one ``sh -s`` session, the installer on
+stdin) is swept the same way, on an applied node whose scripts directory is gone (a refresh
+reports it; the update puts it back) or holds an older version (the update writes the new one):
+right after each kill every script is entirely old or entirely new (or absent where it was
+absent; ``*.tmp`` beside it), and the next install by the provider leaves the scripts directory
+byte for byte as an uninterrupted install does, with the provider's reader finding the node in sync.
 
 Speed: the cases run in parallel on a few test hosts that are reset between cases from a tar
 archive. ``update-ca-certificates`` is replaced, inside the wrapper that counts and cuts it,
 by a stand-in that rebuilds the bundle from the machine's bundle plus the local anchors (the
 real one takes seconds; what it writes is not a file of the scripts), and Java's keystore
-hook is removed from the test hosts (test_nodes_real.py covers both for real).
+hook is removed from the test hosts (test_nodes_real.py covers both for real). Each node an
+interrupted run leaves is re-run once: cases that leave the same node share the verdict (all
+"before" points run first, so a kill after call k finds the node of the kill before call k+1).
 """
 
 from __future__ import annotations
@@ -35,13 +49,19 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 
 from harness import evaluate
 from interrupt import Interrupter, Run, restore_state, save_state
-from nodebed import node_steps
+from nodebed import node_steps, provider_props, scripts_resource, write_scripts
 from testbed.sshnodes import DEFAULT_MANAGED_PATHS, TestNode, start_node
+
+from components import drift
+from components.drift import NodeScriptsProvider, outputs_of
+from components.node_plan import ACTIONS, SCRIPTS, NodePlan, installer_script
 
 HOSTNAME = "registry.cube.test"
 REGISTRY_IP = "127.0.0.203"
@@ -89,7 +109,7 @@ class Scenario:
         return f"{self.step}-{self.phase}" + ("" if self.registries is not None else "-without-registries-yaml")
 
 
-SCENARIOS = [
+STEP_SCENARIOS = [
     Scenario("trust", "create", RICH_REGISTRIES),
     Scenario("trust", "delete", RICH_REGISTRIES),
     Scenario("hosts", "create", RICH_REGISTRIES),
@@ -101,6 +121,11 @@ SCENARIOS = [
     Scenario("restart", "create", RICH_REGISTRIES),
     Scenario("restart", "delete", RICH_REGISTRIES),
 ]
+# The NodeScripts installer on an applied node: "install" into a scripts directory that is gone,
+# "update" over the scripts of an older plan.
+INSTALLER = "scripts"
+INSTALLER_SCENARIOS = [Scenario(INSTALLER, "install", RICH_REGISTRIES), Scenario(INSTALLER, "update", RICH_REGISTRIES)]
+SCENARIOS = STEP_SCENARIOS + INSTALLER_SCENARIOS
 
 
 # ----------------------------------------------------------------------------- node state
@@ -173,6 +198,17 @@ class Host:
     work: Path
 
 
+@dataclass(frozen=True)
+class Installer:
+    """One NodeScripts install, as the engine runs it after the refresh that found a reason to."""
+
+    resource_id: str
+    news: dict[str, Any]  # the provider's inputs: the declared plan; connection to the case's host
+    state: dict[str, Any]  # the outputs in the state, as the refresh before the update read them
+    line: str  # the session the provider opens for it: command line...
+    stdin: str  # ...and stdin (the installer)
+
+
 @dataclass
 class Reference:
     base: Path  # archive of the state every case of the scenario starts from
@@ -180,6 +216,7 @@ class Reference:
     after: State  # after one uninterrupted run
     clean: Run
     restarted: bool
+    installer: Installer | None = None  # the installer scenarios'
 
 
 def stand_in_update_ca_certificates(base_bundle: Path) -> str:
@@ -206,8 +243,9 @@ def declared():
 
 
 @pytest.fixture(scope="module")
-def hosts(client_key):
+def hosts(client_key, declared):
     root = Path(tempfile.mkdtemp(prefix="k3s-registry-interruptions-", dir="/tmp"))
+    scripts = scripts_resource(declared, SCRIPTS_OF)
     started: list[Host] = []
 
     def start(index_ip):
@@ -222,6 +260,12 @@ def hosts(client_key):
             base_bundle.write_bytes(node.read_file(BUNDLE))
             interrupter = Interrupter(node, work / "interrupt",
                                       {"update-ca-certificates": stand_in_update_ca_certificates(base_bundle)})
+            if name == SCRIPTS_OF:
+                # The scripts the steps run: written as the engine does before the Commands run,
+                # by the real provider, on the host its connection names. Every case starts from
+                # an archive made on this host (see reference), so it has them too.
+                assert scripts.inputs["connection"]["host"] == ip, scripts.inputs["connection"]
+                assert write_scripts(scripts, node, client_key) == "created"
             save_state(node, work / "pristine.tar")
         except BaseException:
             node.stop()
@@ -260,25 +304,110 @@ def restarted(host: Host) -> bool:
 def reference(host: Host, scenario: Scenario, declared, client_key) -> Reference:
     """The scenario's starting state, and what one uninterrupted run makes of it.
 
-    The hosts are alike (only their names differ, and no file holds a name), so the archive
-    of the starting state made on one host starts the scenario's cases on all of them.
+    The hosts are alike (only their names and addresses differ, and no file holds either but
+    the scripts directory's ``id``, which only the provider's delete reads), so the archive of
+    the starting state made on one host starts the scenario's cases on all of them.
     """
     node = host.node
     restore_state(node, host.work / "pristine.tar")
     if scenario.registries is None:
         node.remove("/etc/rancher")
-    # Delete: a fully applied node. The restart applies what the k3s step wrote.
-    applied_first = STEP_ORDER if scenario.phase == "delete" else ("k3s",) if scenario.step == "restart" else ()
+    # Delete, and the installer: a fully applied node. The restart applies what the k3s step wrote.
+    applied_first = STEP_ORDER if scenario.phase == "delete" or scenario.step == INSTALLER \
+        else ("k3s",) if scenario.step == "restart" else ()
     for step in applied_first:
         run = run_step(host, declared, step, "create", client_key)
         assert run.exit_status == 0 and not run.killed, (step, run.stderr)
+    installer = prepare_installer(host, scenario, declared, client_key) if scenario.step == INSTALLER else None
     base = host.work / f"{scenario.id}.tar"
     save_state(node, base)
     before = read_state(node)
     node.clear_restart_log()
-    clean = run_step(host, declared, scenario.step, scenario.phase, client_key)
+    if installer is None:
+        clean = run_step(host, declared, scenario.step, scenario.phase, client_key)
+    else:
+        clean = run_installer(host, installer, client_key)
     assert clean.exit_status == 0 and not clean.killed, clean.stderr
-    return Reference(base, before, read_state(node), clean, restarted(host))
+    ref = Reference(base, before, read_state(node), clean, restarted(host), installer)
+    if installer is not None:
+        assert read_node(host, installer) == {}, "an uninterrupted install leaves the node in sync"
+    return ref
+
+
+# ----------------------------------------------------------------------------- the installer
+
+
+def prepare_installer(host: Host, scenario: Scenario, declared, client_key) -> Installer:
+    """Puts the node's scripts directory where the scenario starts (gone, or an older version),
+    refreshes as ``pulumi up`` does first, and captures the session the provider's update opens."""
+    resource = scripts_resource(declared, SCRIPTS_OF)
+    news = on_host(provider_props(resource, client_key), host)
+    directory = NodePlan.from_props(news["plan"]).scripts_dir
+    resource_id = host.node.engine_state[directory][0]
+    if scenario.phase == "install":
+        host.node.remove(directory)
+        present = news
+    else:
+        present = {**news, "plan": older_plan(news["plan"])}
+        assert outputs_of(present, {})["digests"] != outputs_of(news, {})["digests"]
+        drift.install(present, resource_id)  # the provider's own writer
+    refreshed = NodeScriptsProvider().read(resource_id, {**outputs_of(present, {}), "connection": news["connection"]}).outs
+    if scenario.phase == "install":
+        assert SCRIPTS in refreshed["observed"], refreshed["observed"]
+    else:
+        assert refreshed["observed"] == {}, refreshed["observed"]
+    line, stdin = provider_session(news, resource_id)
+    assert stdin == installer_script(NodePlan.from_props(news["plan"]), resource_id), "the declared plan's installer"
+    return Installer(resource_id, news, refreshed, line, stdin)
+
+
+def older_plan(plan: dict[str, Any]) -> dict[str, Any]:
+    """The declared plan as an earlier configuration had it (migrated from the guide, a longer
+    k3s restart timeout): other install and remove scripts, the same probes."""
+    old = NodePlan.from_props(plan)
+    return {**plan, "migrate_from_guide": not old.migrate_from_guide,
+            "restart_timeout_seconds": old.restart_timeout_seconds + 60}
+
+
+def on_host(props: dict[str, Any], host: Host) -> dict[str, Any]:
+    """The provider's inputs with the connection pointed at this test host (they are alike)."""
+    return {**props, "connection": {**props["connection"], "host": host.node.ip}}
+
+
+def provider_session(props: dict[str, Any], resource_id: str) -> tuple[str, str]:
+    """The command line and stdin of the one session the provider's install opens: captured from
+    the provider itself, not retyped (no other thread uses the provider while this runs)."""
+    sessions = []
+
+    def capture(connection, command, stdin):
+        sessions.append((command, stdin))
+        return 0, b"", b""
+
+    with mock.patch.object(drift, "ssh_exec", capture):
+        drift.install(props, resource_id)
+    assert len(sessions) == 1, sessions
+    return sessions[0]
+
+
+def run_installer(host: Host, installer: Installer, client_key, *, kill_at: int = 0, when: str = "before") -> Run:
+    return host.interrupter.run(installer.line, client_key, kill_at=kill_at, when=when, stdin=installer.stdin)
+
+
+def install_again(host: Host, installer: Installer) -> Run:
+    """The next ``pulumi up``'s update of the resource (its state as before the interrupted one)."""
+    news = on_host(installer.news, host)
+    try:
+        NodeScriptsProvider().update(installer.resource_id, {**installer.state, "connection": news["connection"]}, news)
+    except drift.ProbeError as error:
+        return Run(False, 1, "", str(error), [])
+    return Run(False, 0, "", "", [])
+
+
+def read_node(host: Host, installer: Installer) -> dict[str, str]:
+    """What the provider's reader finds off on the node, by step (``scripts``: the directory)."""
+    news = on_host(installer.news, host)
+    return NodeScriptsProvider().read(installer.resource_id, {**outputs_of(news, {}), "connection": news["connection"]}
+                                      ).outs["observed"]
 
 
 # ----------------------------------------------------------------------------- one case
@@ -350,30 +479,71 @@ def run_case(host: Host, scenario: Scenario, ref: Reference, k: int, when: str, 
     restore_state(node, ref.base)
     node.clear_restart_log()
     case = Case(k, when)
-    run = run_step(host, declared, scenario.step, scenario.phase, client_key, kill_at=k, when=when)
+    installer = ref.installer
+    if installer is None:
+        run = run_step(host, declared, scenario.step, scenario.phase, client_key, kill_at=k, when=when)
+    else:
+        run = run_installer(host, installer, client_key, kill_at=k, when=when)
     case.killed, case.call = run.killed, run.describe(k)
     if not run.killed:
         return case
     interrupted = read_state(node)
     check_torn(case, ref, interrupted)
     interrupted_restart = restarted(host)
-    # A kill after call k and one before call k+1 mostly leave the same node: re-run that once.
+    # A kill after call k and one before call k+1 mostly leave the same node: re-run that once
+    # (a case that finds the same node being re-run elsewhere waits for that verdict).
     key = (scenario.id, fingerprint(interrupted), interrupted_restart)
     with _RERUN_LOCK:
-        known = _RERUNS.get(key)
-    if known is not None:
-        case.diverged = list(known)
+        verdict = _RERUNS.get(key)
+        mine = verdict is None
+        if mine:
+            verdict = _RERUNS[key] = Verdict()
+    if not mine:
+        assert verdict.done.wait(600) and verdict.diverged is not None, "the re-run of the same node failed"
+        case.diverged = list(verdict.diverged)
         return case
-    node.clear_restart_log()
-    rerun = run_step(host, declared, scenario.step, scenario.phase, client_key)
-    check_converged(case, scenario, ref, read_state(node), rerun, interrupted_restart, restarted(host))
-    with _RERUN_LOCK:
-        _RERUNS[key] = list(case.diverged)
+    try:
+        node.clear_restart_log()
+        if installer is None:
+            rerun = run_step(host, declared, scenario.step, scenario.phase, client_key)
+        else:
+            rerun = install_again(host, installer)
+        now = read_state(node)
+        check_converged(case, scenario, ref, now, rerun, interrupted_restart, restarted(host))
+        if installer is not None and rerun.exit_status == 0:
+            observed = read_node_once(host, installer, scenario, now)
+            if observed:
+                case.diverged.append(f"after the next install the provider's reader finds the node off: {observed}")
+        verdict.diverged = list(case.diverged)
+    finally:
+        verdict.done.set()
     return case
 
 
-_RERUNS: dict[tuple, list[str]] = {}
+@dataclass
+class Verdict:
+    """What the re-run of one interrupted node found (None until it is known, or if it raised)."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    diverged: list[str] | None = None
+
+
+_RERUNS: dict[tuple, Verdict] = {}
 _RERUN_LOCK = threading.Lock()
+_READS: dict[tuple, dict[str, str]] = {}
+
+
+def read_node_once(host: Host, installer: Installer, scenario: Scenario, now: State) -> dict[str, str]:
+    """The provider's reader, asked once per node state the next installs leave: its verdict
+    depends only on the files it reads, which all lie in ``now`` (the managed paths, /etc)."""
+    key = (scenario.id, fingerprint(now))
+    with _RERUN_LOCK:
+        known = _READS.get(key)
+    if known is None:
+        known = read_node(host, installer)
+        with _RERUN_LOCK:
+            _READS[key] = known
+    return known
 
 
 def fingerprint(state: State) -> tuple:
@@ -410,9 +580,11 @@ def sweep(scenario: Scenario, hosts: list[Host], declared, client_key) -> tuple[
             finally:
                 free.put(host)
 
-        points = [(k, when) for k in range(1, calls + 1) for when in ("before", "after")]
+        # Every "before" point first: killed after call k, a run mostly leaves the node as killed
+        # before call k+1 did, and that node's re-run is known by then (not run twice at once).
+        points = [(k, when) for when in ("before", "after") for k in range(1, calls + 1)]
         with ThreadPoolExecutor(len(hosts)) as pool:
-            cases = list(pool.map(one, points))
+            cases = sorted(pool.map(one, points), key=lambda case: (case.k, case.when == "after"))
         _SWEEPS[scenario.id] = (ref, cases)
         return ref, cases
 
@@ -428,11 +600,21 @@ def swept(hosts, declared, client_key):
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
-def test_every_interruption_point_is_reached(swept, scenario):
-    """Not vacuous: every call of an uninterrupted run is a point where the run really died."""
+def test_every_interruption_point_is_reached(swept, declared, scenario):
+    """Not vacuous: every call of an uninterrupted run is a point where the run really died,
+    and the run has calls of its own beside the ``run`` helper's reads of the scripts."""
     ref, cases = swept(scenario)
-    assert len(ref.clean.calls) >= 3, ref.clean.calls
-    assert any(re.match(r"\d+ (mv|cat|rm|cp|python3|update-ca-certificates) ", c) for c in ref.clean.calls)
+    own = ref.clean.calls
+    if scenario.step != INSTALLER:
+        directory = NodePlan.from_props(scripts_resource(declared, SCRIPTS_OF).inputs["plan"]).scripts_dir
+        checks = [c for c in own if re.match(rf"\d+ cat {re.escape(directory)}/", c)]
+        # A create checks the digest of the runner and of each of the step's scripts (cut there too);
+        # a delete runs whatever the scripts directory holds.
+        expected = 1 + len(ACTIONS[scenario.step]) if scenario.phase == "create" else 0
+        assert len(checks) == expected and own[:expected] == checks, own
+        own = own[expected:]
+    assert len(own) >= 3, own
+    assert any(re.match(r"\d+ (mv|cat|rm|cp|python3|update-ca-certificates) ", c) for c in own), own
     not_killed = [c.point for c in cases if not c.killed]
     assert not not_killed, f"runs that were not cut where asked: {not_killed}"
 
@@ -462,7 +644,7 @@ def test_rerunning_a_killed_step_converges_and_loses_nothing(swept, scenario):
 STEP_PATHS = {"trust": ("/usr/local/share/ca-certificates",), "hosts": ("/etc/hosts",),
               "k3s": ("/etc/rancher", "/var/lib/k3s-registry")}
 # The restart's delete gives registries.yaml back and leaves the rest to the k3s step's delete.
-UNDONE_BY_ITS_OWN_DELETE = [(c, d) for c, d in zip(SCENARIOS[0::2], SCENARIOS[1::2]) if c.step in STEP_PATHS]
+UNDONE_BY_ITS_OWN_DELETE = [(c, d) for c, d in zip(STEP_SCENARIOS[0::2], STEP_SCENARIOS[1::2]) if c.step in STEP_PATHS]
 
 
 @pytest.mark.parametrize("create,delete", UNDONE_BY_ITS_OWN_DELETE, ids=lambda s: s.id)

@@ -9,6 +9,7 @@ from components import node_scripts
 from components.node_scripts import NodeTarget, as_command
 from components.registries_edit import EditError, merge, unmerge
 from harness import GUIDE_CONFIG, evaluate
+from testbed.certs import self_signed_cert
 from testbed.sshexec import ssh_run
 from testbed.sshnodes import start_node
 
@@ -147,7 +148,8 @@ def run(node, script, client_key):
 
 
 def test_an_unsupported_os_fails_naming_the_node_and_the_os(odd_node, client_key, scripts):
-    odd_node.run_local(["sh", "-c", "rm -f /etc/os-release && printf 'ID=alpine\\nPRETTY_NAME=\"Alpine Linux v3.20\"\\n' > /etc/os-release"])
+    odd_node.run_local(["sh", "-c", "rm -f /etc/os-release && "
+                        "printf 'ID=alpine\\nPRETTY_NAME=\"Alpine Linux v3.20\"\\n' > /etc/os-release"])
     try:
         status, _, stderr = run(odd_node, scripts["trust install"], client_key)
     finally:
@@ -286,3 +288,56 @@ def test_unmerge_takes_out_the_registry_and_its_caches_only():
 def test_with_auth_off_the_caches_get_the_ca_and_no_credentials():
     document = yaml.safe_load(merge("", ADDRESS, "/ca.crt", None, {}, CACHES))
     assert document["configs"]["registry.cube.local:5001"] == {"tls": {"ca_file": "/ca.crt"}}
+
+
+# ------------------------------------------------------------------ the trust store rebuild
+
+def test_the_trust_store_is_rebuilt_from_scratch_only_when_a_certificate_leaves_it(odd_node, client_key, scripts):
+    """A first install adds (a plain run: a third of the time); a rotation and a removal take a
+    certificate out of the store, which only a fresh rebuild does completely (links, Java's keystore)."""
+    calls = "/run/update-ca-certificates.calls"
+    wrapper = (f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {calls}\n"
+               "exec /run/update-ca-certificates.real \"$@\"\n")
+    odd_node.write_file("/run/update-ca-certificates.wrapper", wrapper.encode())
+    setup = odd_node.run_local(["sh", "-c", "cp /usr/sbin/update-ca-certificates /run/update-ca-certificates.real && "
+                                f"chmod +x /run/update-ca-certificates.wrapper && : > {calls} && "
+                                "mount --bind /run/update-ca-certificates.wrapper /usr/sbin/update-ca-certificates"])
+    assert setup.returncode == 0, setup.stderr
+    rotated = node_scripts.trust_install_script(TARGET, self_signed_cert("registry.rotated.test").cert_pem.decode())
+    anchor = "/usr/local/share/ca-certificates/k3s-registry-k3s-registry-dev.crt"
+
+    def step(script: str) -> list[str]:
+        before = (odd_node.read_file(calls) or b"").decode().splitlines()
+        status, _, stderr = run(odd_node, script, client_key)
+        assert status == 0, stderr
+        return (odd_node.read_file(calls) or b"").decode().splitlines()[len(before):]
+
+    try:
+        assert step(scripts["trust install"]) == [""], "a first install adds: plain run"
+        assert step(scripts["trust install"]) == [], "nothing changed: no rebuild"
+        assert step(rotated) == ["--fresh"], "the old certificate leaves: fresh rebuild"
+        assert not odd_node.exists("/var/lib/k3s-registry/k3s-registry-dev-trust.replacing")
+        odd_node.remove(anchor)
+        assert step(rotated) == [""], "put back after someone deleted it: plain run"
+        assert step(scripts["trust remove"]) == ["--fresh"], "removal: fresh rebuild"
+        assert not odd_node.exists(anchor)
+    finally:
+        odd_node.run_local(["umount", "/usr/sbin/update-ca-certificates"])
+        step_back = run(odd_node, scripts["trust remove"], client_key)
+        assert step_back[0] == 0, step_back[2]
+
+
+def test_a_rotation_cut_short_before_the_rebuild_still_rebuilds_from_scratch(odd_node, client_key, scripts):
+    """The rewrite of our certificate is recorded first: the next run knows a certificate left."""
+    run(odd_node, scripts["trust install"], client_key)
+    rotated = node_scripts.trust_install_script(TARGET, self_signed_cert("registry.rotated.test").cert_pem.decode())
+    cut_short = rotated.replace("  if [ -e \"$replacing\" ]", "  exit 7\n  if [ -e \"$replacing\" ]", 1)
+    assert cut_short != rotated
+    assert run(odd_node, cut_short, client_key)[0] == 7
+    assert odd_node.exists("/var/lib/k3s-registry/k3s-registry-dev-trust.replacing")
+    status, stdout, stderr = run(odd_node, rotated, client_key)
+    assert status == 0, stderr
+    assert b"certificate installed" in stdout
+    assert not odd_node.exists("/var/lib/k3s-registry/k3s-registry-dev-trust.replacing")
+    run(odd_node, scripts["trust remove"], client_key)
+    assert not odd_node.exists("/var/lib/k3s-registry")

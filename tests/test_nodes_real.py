@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from harness import evaluate
-from nodebed import NodeSpec, file_times, node_steps, run_phase, running_nodes
+from nodebed import NodeSpec, file_times, node_steps, run_phase, running_nodes, scripts_resource, write_scripts
 from pod import registry_pod
 from testbed.oci import build_oci_layout, skopeo_copy
 from testbed.sshnodes import DEFAULT_MANAGED_PATHS
@@ -297,10 +297,13 @@ def test_after_destroy_nodes_no_longer_trust_the_registry(destroyed, managed):
 
 
 def test_destroy_twice_is_harmless(destroyed, moved, managed, client_key):
+    """Every delete run again, as a destroy retried after an interruption would: the node's scripts
+    are still there then (the engine deletes them last), so they are put back first."""
     evaluation, _ = moved
     snapshots = {node.name: node.snapshot() for node in managed}
     for node in managed:
         node.clear_restart_log()
+        write_scripts(scripts_resource(evaluation, node.name), node, client_key)
     run_phase(evaluation, managed, "delete", client_key)
     for node in managed:
         assert node.snapshot() == snapshots[node.name], node.name

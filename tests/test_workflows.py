@@ -302,6 +302,8 @@ def test_tests_run_the_readme_test_command_on_every_push_and_pull_request():
     (job,) = document["jobs"].values()
     assert job["runs-on"].startswith("ubuntu-")
     assert [run_lines(step) for step in steps_of(job) if "run" in step] == [[test_command]]
+    (checkout,) = [step for step in steps_of(job) if action_of(step) == "actions/checkout"]
+    assert checkout["with"]["fetch-depth"] == 0, "test_upgrade_real.py needs the previous release's commit"
 
 
 def test_pulumi_jobs_run_on_the_self_hosted_runner_of_the_configured_label():

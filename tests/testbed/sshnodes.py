@@ -145,7 +145,12 @@ esac
 # k3s on a server: only `k3s kubectl get --raw=/readyz`, answered while the k3s unit is active.
 _FAKE_K3S = """#!/bin/sh
 # testbed fake k3s: the API answers while the k3s unit is active.
-if [ "$(testbed-unit state k3s)" = active ]; then echo ok; else echo 'The connection to the server 127.0.0.1:6443 was refused' >&2; exit 1; fi
+if [ "$(testbed-unit state k3s)" = active ]; then
+  echo ok
+else
+  echo 'The connection to the server 127.0.0.1:6443 was refused' >&2
+  exit 1
+fi
 """
 
 _SSHD_CONFIG = """# testbed sshd for node {name}
@@ -201,6 +206,8 @@ class TestNode:
     proc: subprocess.Popen[bytes] = field(repr=False)
     port: int = SSH_PORT
     _sshd_pid: int | None = field(default=None, repr=False)
+    engine_state: dict = field(default_factory=dict, repr=False)
+    """What a Pulumi state would hold for resources that keep state on this node (tests/nodebed.py)."""
 
     @property
     def pid(self) -> int:
