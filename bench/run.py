@@ -204,10 +204,7 @@ def trust_floor(nodes, reps: int) -> list[float]:
         if any(result.returncode != 0 for result in results):
             raise RuntimeError(f"update-ca-certificates failed: {[r.stderr.decode()[-500:] for r in results]}")
         for name, node in nodes.items():
-            node.remove(floor_cert)
-            node.run_local(["update-ca-certificates", "--fresh"], check=True)
-            if snapshot(node) != clean[name]:
-                raise RuntimeError(f"could not reset {name} after the trust store floor")
+            reset(node, clean[name], [floor_cert], "the trust store floor")
     log("update-ca-certificates, one certificate added on 3 hosts at once: "
         + ", ".join(f"{s:.2f}" for s in seconds) + " s")
     return seconds
@@ -289,14 +286,20 @@ def run_ansible(ansible: Path, inventory: Path, env: dict, commands, nodes) -> t
     return time.perf_counter() - started, sessions
 
 
-def reset_after_guide(node, clean: dict[str, bytes]) -> None:
-    for path in ("/usr/local/share/ca-certificates/registry.crt", "/usr/local/share/ca-certificates/registry.key",
-                 "/etc/rancher"):
+def reset(node, clean: dict[str, bytes], paths, what: str) -> None:
+    """Removes ``paths``, puts the starting /etc/hosts back, rebuilds the trust store from its
+    files, and checks the node is byte for byte as it started."""
+    for path in paths:
         node.remove(path)
     node.write_file("/etc/hosts", HOSTS)
     node.run_local(["update-ca-certificates", "--fresh"], check=True)
     if snapshot(node) != clean:
-        raise RuntimeError(f"could not reset {node.name} after the guide's run")
+        raise RuntimeError(f"could not reset {node.name} after {what}")
+
+
+def reset_after_guide(node, clean: dict[str, bytes]) -> None:
+    reset(node, clean, ("/usr/local/share/ca-certificates/registry.crt", "/usr/local/share/ca-certificates/registry.key",
+                        "/etc/rancher"), "the guide's run")
 
 
 def ansible_rounds(nodes, client_key, reps: int, work: Path) -> list[dict]:

@@ -221,7 +221,7 @@ caches={q(node_scripts.caches_json(caches))}
 if [ ! -e "$registries" ]; then
   drift "registries.yaml is missing"
 else
-  needs="checking registries.yaml needs python3 with PyYAML (apt install python3-yaml, dnf install python3-pyyaml)"
+  needs={q("checking registries.yaml " + node_scripts.NEEDS_PYYAML)}
   command -v python3 >/dev/null 2>&1 || fail "$needs"
   # shellcheck disable=SC2016  # Python source, kept literal on purpose
   checker={q(REGISTRIES_CHECKER_SOURCE)}

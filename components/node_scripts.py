@@ -400,6 +400,8 @@ release_step
 # ----------------------------------------------------------------------------- k3s registries.yaml
 
 DEFAULT_RESTART_TIMEOUT = 300
+NEEDS_PYYAML = "needs python3 with PyYAML (apt install python3-yaml, dnf install python3-pyyaml)"
+"""What a node without PyYAML is told (registries.yaml is read and written with it)."""
 GENERATION_LINE = "k3s settings generation: "
 
 
@@ -478,7 +480,7 @@ registries={q(REGISTRIES_YAML)}
 ca_file={q(target.k3s_ca_file)}
 # shellcheck disable=SC2016  # Python source, kept literal on purpose
 editor={q(REGISTRIES_EDITOR_SOURCE)}
-needs="editing registries.yaml needs python3 with PyYAML (apt install python3-yaml, dnf install python3-pyyaml)"
+needs={q("editing registries.yaml " + NEEDS_PYYAML)}
 # One interpreter start per edit: the editor exits 4 without PyYAML, 3 (with its message) when
 # the file cannot be edited.
 edit_registries() {{

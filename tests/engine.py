@@ -22,13 +22,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
-from harness import Evaluation, Resource
+from harness import NODE_SCRIPTS, Evaluation, Resource
 from nodebed import delete_scripts, refresh_scripts, write_scripts
 from testbed.sshexec import ClientKey, ssh_run
 from testbed.sshnodes import TestNode
 
 COMMAND = "command:remote:Command"
-SCRIPTS = "pulumi-python:dynamic/k3s-registry:NodeScripts"
+SCRIPTS = NODE_SCRIPTS
 WORKLOADS = ("kubernetes:apps/v1:Deployment", "kubernetes:core/v1:Service")
 
 

@@ -47,11 +47,28 @@ def scripts_resource(evaluation: Evaluation, node_name: str) -> Resource:
 
 
 def provider_props(resource: Resource, client_key: ClientKey) -> dict:
-    """The inputs the program declared, as the provider gets them; without a key in the stack the
-    provider uses the SSH agent, which here is the test bed's client key."""
-    props = dict(resource.inputs)
-    props["connection"] = {"private_key": client_key.private_key_text, **props["connection"]}
-    return props
+    """The inputs the program declared, as the provider gets them."""
+    return with_client_key(resource.inputs, client_key)
+
+
+def with_client_key(props: dict, client_key: ClientKey) -> dict:
+    """``props`` whose connection has a key: without one in the stack the provider uses the SSH
+    agent, which here is the test bed's client key."""
+    return {**props, "connection": {"private_key": client_key.private_key_text, **props["connection"]}}
+
+
+def plan_of(resource: Resource) -> NodePlan:
+    """The plan a NodeScripts resource was declared with (its scripts are rendered from it)."""
+    return NodePlan.from_props(resource.inputs["plan"])
+
+
+def declared_plan(evaluation: Evaluation, node_name: str) -> NodePlan:
+    return plan_of(scripts_resource(evaluation, node_name))
+
+
+def scripts_dir_of(resource: Resource) -> str:
+    """Where the resource writes its scripts: the key of its state in ``node.engine_state``."""
+    return plan_of(resource).scripts_dir
 
 
 def write_scripts(resource: Resource, node: TestNode, client_key: ClientKey) -> str:
@@ -60,7 +77,7 @@ def write_scripts(resource: Resource, node: TestNode, client_key: ClientKey) -> 
     created, updated or unchanged; the outputs become the node's ``engine_state``."""
     provider = NodeScriptsProvider()
     props = provider_props(resource, client_key)
-    directory = NodePlan.from_props(props["plan"]).scripts_dir
+    directory = scripts_dir_of(resource)
     if directory in node.engine_state:
         resource_id, olds = node.engine_state[directory]
         if not provider.diff(resource_id, olds, props).changes:
@@ -75,27 +92,22 @@ def write_scripts(resource: Resource, node: TestNode, client_key: ClientKey) -> 
 
 def scripts_outputs(resource: Resource, node: TestNode) -> dict:
     """The outputs the state holds for the node's NodeScripts resource (what a program run sees)."""
-    return node.engine_state[NodePlan.from_props(resource.inputs["plan"]).scripts_dir][1]
+    return node.engine_state[scripts_dir_of(resource)][1]
 
 
 def refresh_scripts(resource: Resource, node: TestNode, client_key: ClientKey) -> dict:
     """A refresh: the provider's read of the outputs in the state, which become the state."""
-    directory = NodePlan.from_props(resource.inputs["plan"]).scripts_dir
+    directory = scripts_dir_of(resource)
     resource_id, olds = node.engine_state[directory]
-    outputs = NodeScriptsProvider().read(resource_id, {**olds, **_with_key(olds, client_key)}).outs
+    outputs = NodeScriptsProvider().read(resource_id, with_client_key(olds, client_key)).outs
     node.engine_state[directory] = (resource_id, {**outputs, "connection": olds["connection"]})
     return outputs
 
 
 def delete_scripts(resource: Resource, node: TestNode, client_key: ClientKey) -> None:
     """The engine deletes it after the node's Commands (they depend on it)."""
-    directory = NodePlan.from_props(resource.inputs["plan"]).scripts_dir
-    resource_id, outputs = node.engine_state.pop(directory)
-    NodeScriptsProvider().delete(resource_id, {**outputs, **_with_key(outputs, client_key)})
-
-
-def _with_key(outputs: dict, client_key: ClientKey) -> dict:
-    return {"connection": {"private_key": client_key.private_key_text, **outputs["connection"]}}
+    resource_id, outputs = node.engine_state.pop(scripts_dir_of(resource))
+    NodeScriptsProvider().delete(resource_id, with_client_key(outputs, client_key))
 
 
 def run_step(node: TestNode, step: Resource, phase: str, client_key: ClientKey) -> StepRun:
@@ -121,8 +133,7 @@ def run_phase(
         if phase != "delete":
             write_scripts(scripts_resource(evaluation, node.name), node, client_key)
         runs += [run_step(node, steps[step], phase, client_key).check() for step in order]
-        if phase == "delete" and NodePlan.from_props(scripts_resource(evaluation, node.name).inputs["plan"]).scripts_dir \
-                in node.engine_state:
+        if phase == "delete" and scripts_dir_of(scripts_resource(evaluation, node.name)) in node.engine_state:
             delete_scripts(scripts_resource(evaluation, node.name), node, client_key)
     return runs
 

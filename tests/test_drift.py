@@ -19,6 +19,7 @@ from components import drift, drift_probes, node_plan
 from components.drift import NodeScriptsProvider, outputs_of, with_repairs
 from components.node_plan import NodePlan, reader_script
 from harness import GUIDE_CONFIG, PROJECT_DIR, evaluate, is_secret_marker
+from nodebed import plan_of
 
 ADDRESS = "registry.cube.local:5000"
 PASSWORD = "hunter2-registry-password"
@@ -55,7 +56,7 @@ def scripts(declared):
 
 @pytest.fixture(scope="module")
 def plan(scripts):
-    return NodePlan.from_props(scripts.inputs["plan"])
+    return plan_of(scripts)
 
 
 @pytest.fixture(scope="module")

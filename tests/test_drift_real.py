@@ -20,10 +20,10 @@ import pytest
 import yaml
 
 from components.drift import NodeScriptsProvider, ProbeError
-from components.node_plan import NodePlan, reader_script
+from components.node_plan import reader_script
 from components.nodes import instance_id_for
 from harness import PROJECT, Evaluation, evaluate
-from nodebed import (NodeSpec, file_times, free_addresses, node_steps, provider_props, refresh_scripts, run_phase,
+from nodebed import (NodeSpec, declared_plan, file_times, free_addresses, node_steps, provider_props, refresh_scripts, run_phase,
                      run_step, running_nodes, scripts_outputs, scripts_resource, write_scripts)
 from testbed.sshnodes import DEFAULT_MANAGED_PATHS, DEPLOY_HOME, start_node
 
@@ -177,7 +177,7 @@ def password_of(declared) -> str:
 def test_create_records_the_node_as_applied(node_name, applied, declared):
     created = applied.created[node_name]
     assert created["observed"] == {} and created["repairs"] == {}
-    plan = NodePlan.from_props(scripts_resource(declared, node_name).inputs["plan"])
+    plan = declared_plan(declared, node_name)
     assert created["digests"] == plan.step_digests() and created["scripts_dir"] == plan.scripts_dir
 
 

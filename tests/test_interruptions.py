@@ -56,7 +56,7 @@ import pytest
 
 from harness import evaluate
 from interrupt import Interrupter, Run, restore_state, save_state
-from nodebed import node_steps, provider_props, scripts_resource, write_scripts
+from nodebed import declared_plan, node_steps, provider_props, scripts_resource, write_scripts
 from testbed.sshnodes import DEFAULT_MANAGED_PATHS, TestNode, start_node
 
 from components import drift
@@ -606,7 +606,7 @@ def test_every_interruption_point_is_reached(swept, declared, scenario):
     ref, cases = swept(scenario)
     own = ref.clean.calls
     if scenario.step != INSTALLER:
-        directory = NodePlan.from_props(scripts_resource(declared, SCRIPTS_OF).inputs["plan"]).scripts_dir
+        directory = declared_plan(declared, SCRIPTS_OF).scripts_dir
         checks = [c for c in own if re.match(rf"\d+ cat {re.escape(directory)}/", c)]
         # A create checks the digest of the runner and of each of the step's scripts (cut there too);
         # a delete runs whatever the scripts directory holds.

@@ -15,10 +15,9 @@ import re
 import pytest
 import yaml
 
-from components.node_plan import NodePlan
 from components.node_scripts import signature_line
 from harness import evaluate
-from nodebed import NodeSpec, run_phase, running_nodes, scripts_resource
+from nodebed import NodeSpec, declared_plan, run_phase, running_nodes
 from pod import registry_pod
 from testbed.certs import self_signed_cert
 
@@ -181,4 +180,4 @@ def test_without_migrate_from_guide_the_leftovers_are_left_alone():
 
 def node_scripts_of(evaluation, node_name: str) -> dict[str, str]:
     """The scripts the node's NodeScripts resource writes, rendered from the plan the program declared."""
-    return NodePlan.from_props(scripts_resource(evaluation, node_name).inputs["plan"]).scripts()
+    return declared_plan(evaluation, node_name).scripts()

@@ -25,8 +25,8 @@ from components.node_plan import (
 from components.node_scripts import DEFAULT_RESTART_TIMEOUT, STATE_ROOT
 from harness import GUIDE_CONFIG, evaluate
 from nodebed import (
-    NodeSpec, free_addresses, node_steps, provider_props, refresh_scripts, run_phase, run_step, running_nodes,
-    scripts_outputs, scripts_resource, write_scripts,
+    NodeSpec, declared_plan, free_addresses, node_steps, plan_of, provider_props, refresh_scripts, run_phase, run_step,
+    running_nodes, scripts_outputs, scripts_resource, write_scripts,
 )
 
 NODES = [
@@ -42,10 +42,6 @@ RESOURCE_ID = "root@127.0.0.171:22#0123456789abcdef"
 def variant(plan: NodePlan, **changes) -> NodePlan:
     """Another plan with these settings changed (it renders its own scripts)."""
     return dataclasses.replace(plan, **changes)
-
-
-def declared_plan(evaluation, node: str) -> NodePlan:
-    return NodePlan.from_props(evaluation.named(f"nodes-{node}-scripts").inputs["plan"])
 
 
 @pytest.fixture(scope="module")
@@ -288,7 +284,7 @@ def resource(declared):
 
 @pytest.fixture(scope="module")
 def plan(resource):
-    return NodePlan.from_props(resource.inputs["plan"])
+    return plan_of(resource)
 
 
 @pytest.fixture(scope="module")

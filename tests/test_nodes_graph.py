@@ -10,8 +10,9 @@ import json
 import pytest
 
 from components.config import ConfigError, parse_settings
-from components.node_plan import OBSERVED_STEPS, NodePlan, scripts_dir
+from components.node_plan import OBSERVED_STEPS, scripts_dir
 from harness import GUIDE_CONFIG, evaluate, is_secret_marker
+from nodebed import declared_plan
 
 COMMAND = "command:remote:Command"
 NODE_SCRIPTS = "pulumi-python:dynamic/k3s-registry:NodeScripts"
@@ -40,7 +41,7 @@ def scripts_of(evaluation, node):
 
 
 def plan_of(evaluation, node):
-    return NodePlan.from_props(scripts_of(evaluation, node).inputs["plan"])
+    return declared_plan(evaluation, node)
 
 
 def settings_steps(evaluation, node):

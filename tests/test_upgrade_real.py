@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 import harness
-from engine import destroy, refresh, up
+from engine import SCRIPTS, destroy, refresh, up
 from harness import PROJECT_DIR, Evaluation, Resource, evaluate
 from nodebed import NodeSpec, free_addresses, running_nodes
 
@@ -120,8 +120,7 @@ def test_an_upgrade_from_the_previous_release_keeps_every_node_configured(cluste
         # The configuration itself is as the previous release left it: only our bookkeeping moved
         # (the new owner, the scripts directory).
         assert all(path.startswith("/var/lib/k3s-registry/") for path in changed), (name, sorted(changed))
-    assert refresh(current, cluster, client_key) == {r.name: {} for r in current.resources
-                                                     if r.type == "pulumi-python:dynamic/k3s-registry:NodeScripts"}
+    assert refresh(current, cluster, client_key) == {r.name: {} for r in current.of_type(SCRIPTS)}
     assert not up(evaluate(config), cluster, client_key, old=current).check().steps, "a second up changes nothing"
     destroy(current, cluster, client_key).check()
     for name, node in cluster.items():
