@@ -2,9 +2,9 @@
 
 Measures, side by side in one run (median of 5 repetitions, 1 with --quick):
 - first up, no-change up (refresh + nothing to do) and a registry-IP change on 3 real test
-  hosts (tests/nodebed.py), run the way the engine runs them (tests/engine.py: independent
-  steps in parallel; a refresh reads every node first), against the guide's ansible ad-hoc commands
-  (ansible-core from PyPI in bench/.venv-ansible) on the same hosts;
+  hosts (tests/nodebed.py), run by the real `pulumi` with the providers scripts/toolchain built
+  (tests/pulumi_real.py), against the guide's ansible ad-hoc commands (ansible-core from PyPI in
+  bench/.venv-ansible) on the same hosts;
 - SSH connections per node (sshd's own log: "Accepted" lines) and SSH sessions per node;
 - program evaluation time and peak memory at 3, 30, 100, 300 nodes (a fresh process each);
 - state bytes per node and a model of what a file backend writes for a first up of 100 nodes.
@@ -36,6 +36,7 @@ ANSIBLE_VENV = ROOT / "bench" / ".venv-ansible"
 HOSTNAME = "registry.bench.test"
 REGISTRY_IP = "127.0.0.150"  # only written into /etc/hosts; nothing connects to it
 CHANGED_IP = "127.0.0.149"
+API_IP = "127.0.0.148"  # the test bed's kube-apiserver, which the kubernetes provider asks for discovery
 CANDIDATES = [f"127.0.0.{i}" for i in range(151, 160)]
 ROLES = {"control01": "server", "cube01": "agent", "cube02": "agent"}
 HOSTS = b"127.0.0.1\tlocalhost\n"
@@ -141,48 +142,48 @@ def per_node(counts: dict[str, int]) -> float:
 
 # ----------------------------------------------------------------------------- program side
 
-def program_rounds(nodes, client_key, reps: int) -> list[dict]:
-    from engine import destroy, refresh, up
-    from harness import evaluate
+def program_rounds(nodes, client_key, reps: int, work: Path) -> list[dict]:
+    """The real `pulumi` (scripts/toolchain) on a new stack each repetition: first up, no-change up
+    (refresh + nothing to do), registry-IP change, destroy. The kubernetes provider renders the
+    cluster's objects to a folder, against the test bed's API server (tests/pulumi_real.py)."""
+    from pulumi_real import RealStack, toolchain_dir
+    from testbed.apiserver import start_apiserver
 
-    spec = {name: (node.ip, ROLES[name]) for name, node in nodes.items()}
-    first_eval = evaluate(stack(spec))
-    again_eval = evaluate(stack(spec))  # a second `up` evaluates the program again
-    changed_eval = evaluate(stack(spec, ip=CHANGED_IP))
     sshd = SshdLog(nodes)
     clean = {name: snapshot(node) for name, node in nodes.items()}
+    api = start_apiserver(toolchain_dir(), work / "kube-api", API_IP)
     rounds = []
-    for rep in range(reps):
-        row = {}
-        # First up: no prior state, so no refresh; each node's NodeScripts resource is created
-        # (writes the scripts, runs the probes once), then the Commands, in the engine's order.
-        sshd.mark()
-        started = time.perf_counter()
-        up(first_eval, nodes, client_key, workload_seconds=0).check()
-        row["first"] = (time.perf_counter() - started, per_node(sshd.accepted()))
-        # No-change up: refresh (every node read), then nothing to do.
-        sshd.mark()
-        started = time.perf_counter()
-        observed = refresh(again_eval, nodes, client_key)
-        refresh_sessions = per_node(sshd.accepted())
-        ran = up(again_eval, nodes, client_key, old=first_eval).check().steps
-        row["nochange"] = (time.perf_counter() - started, per_node(sshd.accepted()))
-        row["refresh_sessions"] = refresh_sessions
-        if ran or any(observed.values()):
-            raise RuntimeError(f"no-change up did something: steps {sorted(ran)}, observed {observed}")
-        # Registry-IP change: refresh with the old state, then only what changed.
-        sshd.mark()
-        started = time.perf_counter()
-        refresh(again_eval, nodes, client_key)
-        ran = up(changed_eval, nodes, client_key, old=again_eval).check().steps
-        row["ipchange"] = (time.perf_counter() - started, per_node(sshd.accepted()))
-        row["ipchange_steps"] = sorted(ran)
-        destroy(changed_eval, nodes, client_key).check()
-        for name, node in nodes.items():
-            if snapshot(node) != clean[name]:
-                raise RuntimeError(f"destroy did not give {name} back as it was (repetition {rep + 1})")
-        rounds.append(row)
-        log(f"program repetition {rep + 1}: " + ", ".join(f"{k} {v[0]:.2f} s" for k, v in row.items() if isinstance(v, tuple)))
+    try:
+        for rep in range(reps):
+            root = work / f"stack-{rep}"
+            real = RealStack(root, "bench", kubeconfig=api.kubeconfig_path, render_dir=root / "rendered")
+            for key, value in stack({name: (node.ip, ROLES[name]) for name, node in nodes.items()}).items():
+                real.config_set(key, int(value) if key == "k3sRestartTimeout" else value)
+            real.config_set("sshPrivateKey", client_key.private_key_text, secret=True)
+            row = {}
+
+            def timed(*args: str) -> tuple[float, float]:
+                sshd.mark()
+                started = time.perf_counter()
+                real.up(*args).check()
+                return time.perf_counter() - started, per_node(sshd.accepted())
+
+            row["first"] = timed()
+            row["nochange"] = timed("--expect-no-changes")
+            sshd.mark()
+            real.refresh("--expect-no-changes").check()
+            row["refresh_sessions"] = per_node(sshd.accepted())
+            real.config_set("loadBalancerIp", CHANGED_IP)
+            row["ipchange"] = timed()
+            real.destroy().check()
+            for name, node in nodes.items():
+                if snapshot(node) != clean[name]:
+                    raise RuntimeError(f"destroy did not give {name} back as it was (repetition {rep + 1})")
+            rounds.append(row)
+            log(f"program repetition {rep + 1}: "
+                + ", ".join(f"{k} {v[0]:.2f} s" for k, v in row.items() if isinstance(v, tuple)))
+    finally:
+        api.stop()
     return rounds
 
 
@@ -409,9 +410,9 @@ def report(prog, ans, evals, floor, quick: bool, reps: int) -> None:
     print()
     print(f"Median of {reps} repetition(s){' (--quick)' if quick else ''} on 3 test hosts (1 server, 2 agents);")
     print("evaluations: median of 1 (--quick) or 3 fresh processes each, after the mocks made the TLS keys.")
-    print("Program times are the engine's order (tests/engine.py) with the NodeScripts provider and the commands")
-    print("over real SSH, without the Pulumi CLI, plugins or gRPC; 'incl. evaluation' adds the 3-node evaluation")
-    print("time. Ansible: the guide's 7 ad-hoc commands in sequence (forks 5, ControlPersist on, -vvv to count ssh")
+    print("Program times are the real `pulumi up` (CLI, language host, plugins, the program's evaluation, the")
+    print("kubernetes objects rendered to files) over real SSH; 'incl. evaluation' adds the mocks' 3-node evaluation")
+    print("time once more. Ansible: the guide's 7 ad-hoc commands in sequence (forks 5, ControlPersist on, -vvv to count ssh")
     print("invocations); its IP change is the hosts copy alone.")
     print("State: JSON of inputs+outputs per resource of one node (100-node evaluation), without the backend's")
     print("indentation or secret encryption. Checkpoint written = a model: the whole checkpoint (inputs, outputs,")
@@ -461,7 +462,7 @@ def main(argv=None) -> int:
             return path
 
         with running_nodes(specs, client_key, workdir_for) as nodes:
-            prog = program_rounds(nodes, client_key, reps)
+            prog = program_rounds(nodes, client_key, reps, work)
             floor = trust_floor(nodes, reps)
             ans = ansible_rounds(nodes, client_key, reps, work)
     finally:

@@ -37,7 +37,8 @@ from . import node_plan
 from .drift_probes import IN_SYNC
 from .node_plan import OBSERVED_STEPS, SCRIPTS, NodePlan, with_repairs
 
-__all__ = ["NodeScripts", "NodeScriptsProvider", "ProbeError", "connection_props", "with_repairs"]
+__all__ = ["NodeScripts", "NodeScriptsProvider", "NodeStepProbeProvider", "ProbeError", "connection_props",
+           "with_repairs"]
 
 # The probes' vocabulary (components/drift_probes.py): in sync is what every step expects.
 EXPECTED = IN_SYNC
@@ -99,6 +100,23 @@ class NodeScriptsProvider(dynamic.ResourceProvider):
     def delete(self, id_: str, props: dict[str, Any]) -> None:
         """Removes the scripts; runs after the Commands' deletes, which use them."""
         run_on_node(props["connection"], node_plan.remover_script(props["scripts_dir"], id_), "", "remove the scripts")
+
+
+class NodeStepProbeProvider(dynamic.ResourceProvider):
+    """The provider of the retired per-step observations (``NodeStepObservation``, up to e734ff7).
+
+    A stack made by that release still holds them, with this class pickled by name: the first
+    ``pulumi up`` after the upgrade refreshes them (``refresh: always``) and then deletes them,
+    and the engine loads ``components.drift.NodeStepProbeProvider`` for both. Without the class
+    that ``up`` fails before it changes anything (tests/test_upgrade_real.py, run by the real CLI).
+    Observing never left anything on a node: read keeps the state, delete has nothing to undo.
+    """
+
+    def read(self, id_: str, props: dict[str, Any]) -> dynamic.ReadResult:
+        return dynamic.ReadResult(id_, props)
+
+    def delete(self, _id: str, _props: dict[str, Any]) -> None:
+        pass
 
 
 def outputs_of(props: dict[str, Any], repairs: dict[str, int]) -> dict[str, Any]:

@@ -27,3 +27,17 @@ def client_key(tmp_path_factory):
     from testbed.sshexec import generate_client_key
 
     return generate_client_key(tmp_path_factory.mktemp("client-key"))
+
+
+# The test bed's Kubernetes API (tests/testbed/apiserver.py), one for the whole session.
+KUBE_API_IP = "127.0.0.70"
+
+
+@pytest.fixture(scope="session")
+def kube_api(tmp_path_factory):
+    from pulumi_real import toolchain_dir
+    from testbed.apiserver import start_apiserver
+
+    running = start_apiserver(toolchain_dir(), tmp_path_factory.mktemp("kube-api"), KUBE_API_IP)
+    yield running
+    running.stop()

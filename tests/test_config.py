@@ -210,6 +210,7 @@ def test_project_file_keeps_state_local_and_refreshes_before_every_operation():
 def test_the_projects_own_shell_scripts_are_shellcheck_clean():
     import subprocess
 
-    scripts = [PROJECT_DIR / "scripts" / "deploy", PROJECT_DIR / "scripts" / "test", PROJECT_DIR / ".ci" / "run"]
+    scripts = [*(PROJECT_DIR / "scripts" / name for name in ("deploy", "test", "toolchain", "bench")),
+               PROJECT_DIR / ".ci" / "run", PROJECT_DIR / "toolchain" / "vendor-upstream"]
     result = subprocess.run(["shellcheck", "--severity=style", *map(str, scripts)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout

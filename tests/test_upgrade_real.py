@@ -1,83 +1,48 @@
-"""An upgrade from the release before the scripts moved onto the nodes, on a real test host.
+"""An upgrade from the release before the scripts moved onto the nodes, by the real `pulumi`.
 
 That release declared per node a ``NodeConfiguration`` component, three drift observations and
 four Commands whose texts were the whole scripts. This one declares a ``NodeScripts`` resource
 and four Commands with short texts, all directly under ``ClusterNodes``: every URN changes. The
-engine then creates the new resources during the ``up`` and deletes the old ones at its end
+real engine creates the new resources during the ``up`` and deletes the old ones at its end
 (the old Commands' deletes run their own, old, texts from the state). The node must stay
 configured through it, a second ``up`` must change nothing, and a ``destroy`` must give the
 node back byte for byte.
 
-The previous release's program is evaluated from its own tree (``git archive`` of that commit,
-its own harness) with the same keys and certificates, which a real stack keeps in its state.
+The previous release's program is its own tree (``git archive`` of that commit), run by the
+same CLI, providers and venv on the same stack; then the stack's program is this clone's.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
-import sys
 import tarfile
 from io import BytesIO
-from pathlib import Path
 
 import pytest
 
-import harness
-from engine import SCRIPTS, destroy, refresh, up
-from harness import PROJECT_DIR, Evaluation, Resource, evaluate
 from nodebed import NodeSpec, free_addresses, running_nodes
+from pulumi_real import PROJECT_DIR, RealStack
 
 PREVIOUS_RELEASE = "e734ff7"  # the last commit with the scripts in the command texts
 OLD_OBSERVATION = "pulumi-python:dynamic/k3s-registry:NodeStepObservation"
+NEW_SCRIPTS = "pulumi-python:dynamic/k3s-registry:NodeScripts"
 HOSTNAME = "registry.upgrade.test"
 REGISTRY_IP = "127.0.0.190"  # only written into /etc/hosts; nothing connects to it
 CANDIDATE_IPS = [f"127.0.0.{n}" for n in range(191, 196)]
 HOSTS = b"127.0.0.1\tlocalhost\n"
 SNAPSHOT_PATHS = ("/etc/hosts", "/etc/rancher", "/usr/local/share/ca-certificates", "/var/lib/k3s-registry")
-ANCHOR = "/usr/local/share/ca-certificates/k3s-registry-k3s-registry-dev.crt"
+STACK = "upgrade"
+ANCHOR = f"/usr/local/share/ca-certificates/k3s-registry-k3s-registry-{STACK}.crt"
 REGISTRIES = "/etc/rancher/k3s/registries.yaml"
 
-# Runs in the previous release's tree: its program under its own harness, and the keys its mocks
-# made (what pulumi-tls keeps in a real stack's state), as JSON on stdout.
-DUMP_PREVIOUS = """
-import json, sys
-sys.path[:0] = [".", "tests"]
-import harness
-config = json.loads(sys.argv[1])
-evaluation = harness.evaluate(config)
-print(json.dumps({
-    "resources": [{"type": r.type, "name": r.name, "urn": r.urn, "parent": r.parent, "inputs": r.inputs,
-                   "outputs": r.outputs, "dependencies": r.dependencies} for r in evaluation.resources],
-    "outputs": evaluation.outputs,
-    "provider_state": harness._PROVIDER_STATE,
-}, default=str))
-"""
 
-
-def stack(nodes: dict[str, str]) -> dict:
-    entries = [{"name": name, "host": ip, "role": "server" if name.startswith("control") else "agent"}
-               for name, ip in nodes.items()]
-    return {"hostname": HOSTNAME, "loadBalancerIp": REGISTRY_IP, "nodes": entries, "k3sRestartTimeout": "10"}
-
-
-def previous_release_evaluation(config: dict, tmp_path: Path) -> Evaluation:
+def previous_release_tree(tmp_path):
     archive = subprocess.run(["git", "-C", str(PROJECT_DIR), "archive", PREVIOUS_RELEASE], capture_output=True)
     assert archive.returncode == 0, f"the clone must have the previous release's commit: {archive.stderr.decode()}"
     tree = tmp_path / "previous"
     with tarfile.open(fileobj=BytesIO(archive.stdout)) as bundle:
         bundle.extractall(tree, filter="data")
-    run = subprocess.run([sys.executable, "-c", DUMP_PREVIOUS, json.dumps(config)], cwd=tree, capture_output=True)
-    assert run.returncode == 0, run.stderr.decode()[-3000:]
-    dumped = json.loads(run.stdout.decode().strip().splitlines()[-1])
-    # The same keys and certificates as that release's stack holds: this program's mocks reuse them.
-    harness._PROVIDER_STATE.update(dumped["provider_state"])
-    evaluation = Evaluation(outputs=dumped["outputs"])
-    for r in dumped["resources"]:
-        evaluation.resources.append(Resource(type=r["type"], name=r["name"], urn=r["urn"], parent=r["parent"],
-                                             inputs=r["inputs"], outputs=r["outputs"], wire_inputs={},
-                                             dependencies=r["dependencies"], delete_before_replace=False))
-    return evaluation
+    return tree
 
 
 def snapshot(node) -> dict[str, bytes]:
@@ -94,24 +59,36 @@ def cluster(client_key, tmp_path_factory):
         yield nodes
 
 
-def test_an_upgrade_from_the_previous_release_keeps_every_node_configured(cluster, client_key, tmp_path):
-    config = stack({name: node.ip for name, node in cluster.items()})
+def types_of(stack):
+    return {resource["type"] for resource in stack.resources()}
+
+
+def test_an_upgrade_from_the_previous_release_keeps_every_node_configured(cluster, client_key, kube_api, tmp_path):
     before = {name: snapshot(node) for name, node in cluster.items()}
-    previous = previous_release_evaluation(config, tmp_path)
-    assert previous.of_type(OLD_OBSERVATION), "the previous release observed each step on its own"
-    up(previous, cluster, client_key).check()
+    stack = RealStack(tmp_path / "stack", STACK, kubeconfig=kube_api.kubeconfig_path,
+                      render_dir=tmp_path / "rendered", source=previous_release_tree(tmp_path))
+    stack.config_set("hostname", HOSTNAME)
+    stack.config_set("loadBalancerIp", REGISTRY_IP)
+    stack.config_set("k3sRestartTimeout", 10)
+    stack.config_set("sshPrivateKey", client_key.private_key_text, secret=True)
+    stack.config_set("nodes", [{"name": name, "host": node.ip, "role": "server" if name.startswith("control") else
+                                "agent"} for name, node in cluster.items()])
+    stack.up().check()
+    assert OLD_OBSERVATION in types_of(stack), "the previous release observed each step on its own"
     configured = {name: snapshot(node) for name, node in cluster.items()}
-    current = evaluate(config)
-    assert current.outputs["caCertificatePem"] == previous.outputs["caCertificatePem"], "same CA, as in a real stack"
-    assert not {r.urn for r in current.resources if r.name.startswith("nodes-")} & {r.urn for r in previous.resources}
+    old_urns = {r["urn"] for r in stack.resources() if r["urn"].rsplit("::", 1)[-1].startswith("nodes-")}
+    ca = stack.outputs()["caCertificatePem"]
 
-    log = up(current, cluster, client_key, old=previous).check()
+    stack.use_program(PROJECT_DIR)
+    upgraded = stack.up().check()
 
-    old_deletes = {name: step for name, step in log.steps.items() if name.endswith("(old)")}
-    assert sorted(old_deletes) == sorted(f"nodes-{node}-{step} (old)" for node in cluster
-                                         for step in ("trust", "hosts", "k3s", "restart"))
-    for name, step in old_deletes.items():
-        assert "left as it is" in step.stdout, (name, step.stdout)
+    assert stack.outputs()["caCertificatePem"] == ca, "the CA stays: it lives in the state"
+    assert OLD_OBSERVATION not in types_of(stack) and NEW_SCRIPTS in types_of(stack)
+    new_urns = {r["urn"] for r in stack.resources() if r["urn"].rsplit("::", 1)[-1].startswith("nodes-")}
+    assert not new_urns & old_urns, "every node resource has a new URN"
+    for node in cluster:
+        for step in ("trust", "hosts", "k3s", "restart"):
+            assert f"nodes-{node}-{step}" in upgraded.stdout
     for name, node in cluster.items():
         assert node.exists(ANCHOR) and f"{HOSTNAME}:5000" in node.read_file(REGISTRIES).decode(), name
         after = snapshot(node)
@@ -120,8 +97,7 @@ def test_an_upgrade_from_the_previous_release_keeps_every_node_configured(cluste
         # The configuration itself is as the previous release left it: only our bookkeeping moved
         # (the new owner, the scripts directory).
         assert all(path.startswith("/var/lib/k3s-registry/") for path in changed), (name, sorted(changed))
-    assert refresh(current, cluster, client_key) == {r.name: {} for r in current.of_type(SCRIPTS)}
-    assert not up(evaluate(config), cluster, client_key, old=current).check().steps, "a second up changes nothing"
-    destroy(current, cluster, client_key).check()
+    stack.up("--expect-no-changes").check()
+    stack.destroy().check()
     for name, node in cluster.items():
         assert snapshot(node) == before[name], name

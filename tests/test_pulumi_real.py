@@ -1,0 +1,508 @@
+"""The real `pulumi` runs the program: preview, up, refresh, destroy, on real test hosts.
+
+The CLI, the Python language host, the dynamic-provider plugin and the command, tls, random
+and kubernetes providers are the ones scripts/toolchain built from Go source at the pinned
+releases (tests/pulumi_real.py). The stack lives on a local file backend in a temporary
+folder; its settings are written with `pulumi config set` as a user would (the SSH key and a
+cache's password with --secret); its nodes are sshd test hosts: a server reached as root
+(systemd), a second server reached as `deploy` through sudo (OpenRC), and an agent that
+already has a registries.yaml of its own. The kubernetes provider renders the cluster's
+objects to a folder (no API server yet); the real registry is started from what it rendered.
+
+One story, in order: preview, up, the nodes pull from the registry, no-change up and preview,
+a tamper seen by refresh and repaired by up, a renamed node, a CA rotation, a new registry IP,
+auth off, a cache added and removed, the state holds no secret in plain text, destroy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+import kubernetes_validate
+
+from harness import NODE_SCRIPTS
+from nodebed import NodeSpec, free_addresses, running_nodes
+from pod import registry_pod
+from pulumi_real import PROVIDERS, RENDER_MODE_WARNINGS, RealStack, pins
+from testbed.oci import build_oci_layout, skopeo_copy
+from test_manifest_scan import ALLOWED_SKIPS, checks, scan
+from test_manifests_schema import KUBERNETES_VERSIONS
+from testbed.sshnodes import DEFAULT_MANAGED_PATHS
+
+HOSTNAME = "registry.cube.test"
+REGISTRY_IP, MOVED_IP = "127.0.0.65", "127.0.0.66"
+ADDRESS = f"{HOSTNAME}:5000"
+STACK = "realtest"
+MARKER = f"# managed by k3s-registry (k3s-registry-{STACK})"
+REGISTRIES_YAML = "/etc/rancher/k3s/registries.yaml"
+EXISTING_REGISTRIES = b"""# mirrors we had before
+mirrors:
+  docker.io:
+    endpoint:
+      - "https://mirror.cube.test:5000"
+"""
+NODE_ADDRESSES = [f"127.0.0.{last}" for last in range(61, 65)]
+NODES = {
+    "server01": {"role": "server", "user": "root", "init": "systemd",
+                 "hosts": b"127.0.0.1\tlocalhost\n127.0.1.1\tserver01\n", "files": {}},
+    "server02": {"role": "server", "user": "deploy", "init": "openrc",
+                 "hosts": b"127.0.0.1 localhost server02\n", "files": {}},
+    "agent01": {"role": "agent", "user": "root", "init": "systemd",
+                "hosts": b"127.0.0.1 localhost\n127.0.1.1 agent01\n10.9.9.9 registry.cube.test",
+                "files": {REGISTRIES_YAML: EXISTING_REGISTRIES}},
+}
+UNIT = {("server", "systemd"): "restart k3s", ("agent", "systemd"): "restart k3s-agent",
+        ("server", "openrc"): "k3s restart", ("agent", "openrc"): "k3s-agent restart"}
+
+
+# ------------------------------------------------------------------ the test bed
+
+@pytest.fixture(scope="module")
+def addresses():
+    return dict(zip([*NODES, "outsider"], free_addresses(NODE_ADDRESSES, len(NODES) + 1)))
+
+
+@pytest.fixture(scope="module")
+def cluster(client_key, tmp_path_factory, addresses):
+    specs = [NodeSpec(name, addresses[name], spec["hosts"], spec["init"], spec["files"]) for name, spec in NODES.items()]
+    specs.append(NodeSpec("outsider", addresses["outsider"], f"127.0.0.1 localhost\n{REGISTRY_IP} {HOSTNAME}\n".encode()))
+    with running_nodes(specs, client_key, tmp_path_factory.mktemp) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def managed(cluster):
+    return [cluster[name] for name in NODES]
+
+
+@pytest.fixture(scope="module")
+def before(managed):
+    # A test node starts with the machine's bundle but an empty local CA folder; one rebuild
+    # makes its trust store consistent, as it is on any real node.
+    for node in managed:
+        assert node.run_local(["update-ca-certificates", "--fresh"]).returncode == 0
+    return {node.name: node.snapshot() for node in managed}
+
+
+def node_entries(addresses, renamed=None):
+    entries = []
+    for name, spec in NODES.items():
+        entries.append({"name": (renamed or {}).get(name, name), "host": addresses[name],
+                        "role": spec["role"], "user": spec["user"]})
+    return entries
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, client_key, cluster, addresses, before, kube_api):
+    root = tmp_path_factory.mktemp("real-stack")
+    real = RealStack(root, STACK, kubeconfig=kube_api.kubeconfig_path, render_dir=root / "rendered")
+    real.config_set("hostname", HOSTNAME)
+    real.config_set("loadBalancerIp", REGISTRY_IP)
+    real.config_set("sshPrivateKey", client_key.private_key_text, secret=True)
+    real.config_set("k3sRestartTimeout", 30)
+    real.config_set("nodes", node_entries(addresses))
+    # Host keys pinned: the real pulumi-command and the NodeScripts provider both verify them.
+    for index, name in enumerate(NODES):
+        real.config_set(f"nodes[{index}].hostKey", cluster[name].host_public_key, path=True)
+    return real
+
+
+class Registry:
+    """The real registry, started from the Deployment and Secrets the provider rendered."""
+
+    def __init__(self, stack, workdir):
+        self.stack, self.workdir, self.running, self.count = stack, workdir, None, 0
+
+    def serve(self, ip):
+        self.stop()
+        self.count += 1
+        self._context = registry_pod(self.stack.rendered(), self.workdir / f"pod-{self.count}", ip)
+        self.running = self._context.__enter__()
+        return self.running
+
+    def stop(self):
+        if self.running is not None:
+            self._context.__exit__(None, None, None)
+            self.running = None
+
+
+@pytest.fixture(scope="module")
+def registry(stack, tmp_path_factory):
+    serving = Registry(stack, tmp_path_factory.mktemp("registry"))
+    yield serving
+    serving.stop()
+
+
+# ------------------------------------------------------------------ what the tests look at
+
+def k3s_credentials(node):
+    auth = yaml.safe_load(node.read_file(REGISTRIES_YAML))["configs"][ADDRESS]["auth"]
+    return f"{auth['username']}:{auth['password']}"
+
+
+def curl_catalog(node, credentials=None):
+    user = ["--user", credentials] if credentials else []
+    return node.run_local(["curl", "-sS", "--fail", "--max-time", "10", *user, f"https://{ADDRESS}/v2/_catalog"])
+
+
+def managed_lines(hosts: bytes) -> list[bytes]:
+    return [line for line in hosts.split(b"\n") if line.endswith(MARKER.encode())]
+
+
+def restarts(node):
+    return [line for line in node.restart_log() if re.search(r"\brestart\b", line)]
+
+
+def anchors(node):
+    return list(node.snapshot(["/usr/local/share/ca-certificates"]).values())
+
+
+def changes_of(run):
+    """The resources a preview or an update would change or did change, as `(op, type, name)`:
+    the CLI's lines that end in a step's verdict, not its progress lines (refreshing, creating...)."""
+    found = re.findall(r"^\s*([+~-]|\+-|-\+)\s+(\S+:\S+:\S+)\s+(\S+)\s+(\S+)", run.stdout, flags=re.M)
+    return [(op, type_, name) for op, type_, name, status in found
+            if not status.endswith("ing") and status != "refresh"]
+
+
+def assert_converged(stack):
+    """Nothing left to do: the engine's own verdict, after its refresh of every node."""
+    stack.preview("--expect-no-changes").check()
+
+
+def clear_restart_logs(managed):
+    for node in managed:
+        node.clear_restart_log()
+
+
+# ------------------------------------------------------------------ the toolchain the CLI uses
+
+def test_the_cli_is_the_pinned_release(stack):
+    version = stack.pulumi("version", stack=False).check().stdout.strip()
+    assert version == f"v{pins()['pulumi']}"
+
+
+def test_only_the_pinned_plugins_are_installed_and_nothing_is_downloaded(stack):
+    listed = json.loads(stack.pulumi("plugin", "ls", "--json", stack=False).check().stdout)
+    assert sorted((plugin["name"], plugin["version"]) for plugin in listed) == sorted(
+        (name, pins()[name]) for name in PROVIDERS)
+
+
+# ------------------------------------------------------------------ preview, then the first up
+
+@pytest.fixture(scope="module")
+def first_preview(stack):
+    return stack.preview().check()
+
+
+def test_preview_shows_every_create_and_touches_no_node(first_preview, managed, before):
+    creates = {(type_, name) for op, type_, name in changes_of(first_preview) if op == "+"}
+    for name in NODES:
+        assert (NODE_SCRIPTS, f"nodes-{name}-scripts") in creates
+        for step in ("trust", "hosts", "k3s", "restart"):
+            assert ("command:remote:Command", f"nodes-{name}-{step}") in creates
+    assert ("kubernetes:apps/v1:Deployment", "registry-deployment") in creates
+    assert ("tls:index:PrivateKey", "registry-ca-key") in creates
+    for node in managed:
+        assert node.snapshot() == before[node.name], f"a preview changed {node.name}"
+
+
+def test_no_plugin_warning_and_no_download(first_preview):
+    warnings = [line for line in first_preview.output.splitlines() if "warning" in line.lower()]
+    # The only warnings are the kubernetes provider's, about the rendering it was asked for.
+    assert all(any(expected in line for expected in RENDER_MODE_WARNINGS) for line in warnings), warnings
+    assert not re.search(r"(?i)download|plugin", first_preview.output), first_preview.output
+
+
+@pytest.fixture(scope="module")
+def first_up(first_preview, stack, managed):
+    clear_restart_logs(managed)
+    return stack.up().check()
+
+
+def test_up_configures_every_node(first_up, stack, managed, before):
+    ca = stack.outputs()["caCertificatePem"]
+    for node in managed:
+        assert anchors(node) == [ca.encode()], node.name
+        hosts = node.read_file("/etc/hosts")
+        assert managed_lines(hosts) == [f"{REGISTRY_IP}\t{HOSTNAME}\t{MARKER}".encode()], node.name
+        assert hosts.split(b"\n", 1)[1] == before[node.name]["/etc/hosts"], node.name
+        document = yaml.safe_load(node.read_file(REGISTRIES_YAML))
+        assert document["mirrors"][ADDRESS] == {"endpoint": [f"https://{ADDRESS}"]}
+        assert set(document["configs"][ADDRESS]) == {"tls", "auth"}
+        assert restarts(node) == [UNIT[NODES[node.name]["role"], NODES[node.name]["init"]]], node.name
+
+
+def test_up_keeps_the_mirror_a_node_had(first_up, cluster):
+    document = yaml.safe_load(cluster["agent01"].read_file(REGISTRIES_YAML))
+    assert document["mirrors"]["docker.io"] == {"endpoint": ["https://mirror.cube.test:5000"]}
+
+
+def test_the_servers_restart_one_at_a_time(first_up, cluster):
+    intervals = []
+    for name in ("server01", "server02"):
+        events = cluster[name].timeline()
+        down = [t for t, _, event in events if event == "down"]
+        up = [t for t, _, event in events if event == "up"]
+        assert len(down) == len(up) == 1, (name, events)
+        intervals.append((down[0], up[0]))
+    (first_down, first_up_again), (second_down, second_up_again) = sorted(intervals)
+    assert first_up_again <= second_down, f"both servers were down at once: {intervals}"
+
+
+def test_the_engine_orders_each_restart_after_the_registry_and_the_servers_one_after_another(first_up, stack):
+    """The dependencies the real engine recorded (it ran the steps in their order)."""
+    by_name = {r["urn"].rsplit("::", 1)[-1]: r for r in stack.resources()}
+
+    def needs(name):
+        return {urn.rsplit("::", 1)[-1] for urn in by_name[name].get("dependencies", [])}
+
+    for name in NODES:
+        assert {"registry-deployment", "registry-service", f"nodes-{name}-k3s"} <= needs(f"nodes-{name}-restart")
+    assert "nodes-server01-restart" in needs("nodes-server02-restart")
+    assert not {"nodes-server01-restart", "nodes-server02-restart"} & needs("nodes-agent01-restart"), \
+        "agents restart without waiting for the servers"
+
+
+def test_what_the_provider_rendered_passes_the_schemas_in_strict_mode(first_up, stack):
+    rendered = stack.rendered().resources
+    assert sorted(r.inputs["kind"] for r in rendered) == sorted(
+        ["Namespace", "Secret", "Secret", "PersistentVolumeClaim", "Deployment", "Service", "NetworkPolicy"])
+    for resource in rendered:
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(resource.inputs, version, strict=True)
+
+
+def test_what_the_provider_rendered_passes_checkov(first_up, stack):
+    report = scan(stack.render_dir)
+    assert checks(report, "passed", stack.render_dir), "checkov ran no check on the rendered files"
+    assert [c["check_id"] for c in checks(report, "failed", stack.render_dir)] == []
+    assert {c["check_id"] for c in checks(report, "skipped", stack.render_dir)} <= ALLOWED_SKIPS
+
+
+@pytest.fixture(scope="module")
+def pushed_image(first_up, stack, registry, cluster, tmp_path_factory):
+    registry.serve(REGISTRY_IP)
+    outputs = stack.outputs(show_secrets=True)
+    work = tmp_path_factory.mktemp("push")
+    layout = build_oci_layout(work / "image", "1.0", b"built on a laptop\n")
+    (work / "certs").mkdir()
+    (work / "certs" / "ca.crt").write_text(outputs["caCertificatePem"])
+    result = skopeo_copy(f"oci:{layout}:1.0", f"docker://{outputs['registryAddress']}/apps/hello:1.0",
+                         extra_args=["--dest-cert-dir", str(work / "certs"), "--dest-creds",
+                                     f"{outputs['registryUsername']}:{outputs['registryPassword']}"],
+                         run=cluster["outsider"].run_local)
+    assert result.returncode == 0, result.stderr.decode()
+    return f"{ADDRESS}/apps/hello:1.0"
+
+
+def test_every_node_pulls_from_the_registry_with_its_k3s_credentials(pushed_image, managed, tmp_path):
+    for node in managed:
+        listed = curl_catalog(node, k3s_credentials(node))
+        assert listed.returncode == 0, (node.name, listed.stderr.decode())
+        assert json.loads(listed.stdout)["repositories"] == ["apps/hello"]
+        pulled = node.run_local(["skopeo", "copy", "--src-creds", k3s_credentials(node),
+                                 f"docker://{pushed_image}", f"dir:{tmp_path / node.name}"])
+        assert pulled.returncode == 0, (node.name, pulled.stderr.decode())
+
+
+def test_a_node_the_program_did_not_configure_fails_on_the_certificate(pushed_image, cluster):
+    assert curl_catalog(cluster["outsider"]).returncode == 60
+
+
+# ------------------------------------------------------------------ nothing more to do
+
+@pytest.fixture(scope="module")
+def second_up(pushed_image, stack, managed):
+    snapshots = {node.name: node.snapshot() for node in managed}
+    clear_restart_logs(managed)
+    run = stack.up("--expect-no-changes").check()
+    return snapshots, run
+
+
+def test_a_second_up_changes_nothing_anywhere(second_up, stack, managed):
+    snapshots, _ = second_up
+    for node in managed:
+        assert node.snapshot() == snapshots[node.name], node.name
+        assert restarts(node) == [], node.name
+    assert_converged(stack)
+
+
+# ------------------------------------------------------------------ drift: refresh sees it, up repairs it
+
+@pytest.fixture(scope="module")
+def tampered(second_up, stack, cluster, managed):
+    node = cluster["agent01"]
+    hosts = node.read_file("/etc/hosts")
+    node.write_file("/etc/hosts", b"\n".join(line for line in hosts.split(b"\n") if not line.endswith(MARKER.encode())))
+    clear_restart_logs(managed)
+    refreshed = stack.refresh().check()
+    return hosts, refreshed
+
+
+def test_refresh_reports_the_tampered_step(tampered, stack):
+    _, refreshed = tampered
+    assert ("~", NODE_SCRIPTS, "nodes-agent01-scripts") in changes_of(refreshed), refreshed.stdout
+    updated = {name for op, _, name in changes_of(refreshed) if op == "~"}
+    assert updated == {"nodes-agent01-scripts"}, refreshed.stdout
+    preview = stack.preview()
+    assert ("~", "command:remote:Command", "nodes-agent01-hosts") in changes_of(preview.check())
+
+
+def test_the_next_up_repairs_exactly_that_step(tampered, stack, cluster, managed):
+    hosts, _ = tampered
+    repaired = stack.up().check()
+    changed = {(type_, name) for op, type_, name in changes_of(repaired) if op != "+"}
+    assert ("command:remote:Command", "nodes-agent01-hosts") in changed
+    assert not any(name.startswith("nodes-server") for _, name in changed), changed
+    assert re.search(r"~ 2 updated\n\s+\d+ unchanged", repaired.stdout), "the observation and the hosts step only"
+    assert cluster["agent01"].read_file("/etc/hosts") == hosts
+    assert all(restarts(node) == [] for node in managed), "a hosts line needs no k3s restart"
+    assert_converged(stack)
+
+
+# ------------------------------------------------------------------ changes that converge in one up
+
+@pytest.fixture(scope="module")
+def renamed(tampered, stack, addresses, cluster):
+    stack.config_set("nodes[2].name", "agent01b", path=True)
+    run = stack.up().check()
+    return run
+
+
+def test_a_renamed_node_stays_configured_after_one_up(renamed, stack, cluster):
+    node = cluster["agent01"]
+    assert managed_lines(node.read_file("/etc/hosts")), "the old name's deletes undid the new name's hosts line"
+    assert ADDRESS in yaml.safe_load(node.read_file(REGISTRIES_YAML))["configs"]
+    assert anchors(node) == [stack.outputs()["caCertificatePem"].encode()]
+    assert "nodes-agent01b-scripts" in renamed.stdout and "nodes-agent01-scripts" in renamed.stdout
+    assert_converged(stack)
+
+
+@pytest.fixture(scope="module")
+def rotated(renamed, stack, registry):
+    old_ca = stack.outputs()["caCertificatePem"]
+    urn = stack.urn_of("tls:index/privateKey:PrivateKey", "registry-ca-key")
+    # In the preview the new CA is not known yet: every node's scripts are said to change.
+    previewed = changes_of(stack.preview("--replace", urn).check())
+    for name in ("server01", "server02", "agent01b"):
+        assert ("~", NODE_SCRIPTS, f"nodes-{name}-scripts") in previewed, previewed
+    run = stack.up("--replace", urn).check()
+    registry.serve(REGISTRY_IP)
+    return old_ca, run
+
+
+def test_a_ca_rotation_reaches_every_node_in_one_up(rotated, stack, managed):
+    old_ca, _ = rotated
+    new_ca = stack.outputs()["caCertificatePem"]
+    assert new_ca != old_ca
+    for node in managed:
+        assert anchors(node) == [new_ca.encode()], node.name
+        assert old_ca.encode() not in node.read_file("/etc/ssl/certs/ca-certificates.crt"), node.name
+        listed = curl_catalog(node, k3s_credentials(node))
+        assert listed.returncode == 0, (node.name, listed.stderr.decode())
+    assert_converged(stack)
+
+
+@pytest.fixture(scope="module")
+def moved(rotated, stack, registry, managed):
+    stack.config_set("loadBalancerIp", MOVED_IP)
+    clear_restart_logs(managed)
+    run = stack.up().check()
+    registry.serve(MOVED_IP)
+    return run
+
+
+def test_a_new_registry_ip_converges_in_one_up(moved, stack, managed, before):
+    for node in managed:
+        hosts = node.read_file("/etc/hosts")
+        assert managed_lines(hosts) == [f"{MOVED_IP}\t{HOSTNAME}\t{MARKER}".encode()], node.name
+        assert hosts.split(b"\n", 1)[1] == before[node.name]["/etc/hosts"], node.name
+        assert curl_catalog(node, k3s_credentials(node)).returncode == 0, node.name
+    assert_converged(stack)
+
+
+@pytest.fixture(scope="module")
+def auth_off(moved, stack, managed):
+    stack.config_set("auth", False)
+    run = stack.up().check()
+    return run
+
+
+def test_auth_off_converges_in_one_up(auth_off, stack, managed, registry):
+    registry.serve(MOVED_IP)
+    for node in managed:
+        document = yaml.safe_load(node.read_file(REGISTRIES_YAML))
+        assert set(document["configs"][ADDRESS]) == {"tls"}, node.name
+        assert curl_catalog(node).returncode == 0, node.name
+    assert "registryPassword" not in stack.outputs()
+    assert_converged(stack)
+
+
+@pytest.fixture(scope="module")
+def cache_added(auth_off, stack):
+    stack.config_set("auth", True)
+    stack.config_set("mirrors[0].upstream", "quay.io", path=True)
+    stack.config_set("mirrors[0].username", "myorg+robot", path=True)
+    stack.config_set("mirrors[0].password", "quay-token-0123", secret=True, path=True)
+    return stack.up().check()
+
+
+def test_a_cache_with_a_secret_password_converges_in_one_up(cache_added, stack, managed):
+    assert "quay-token-0123" not in stack.stack_file(), "the password is stored encrypted"
+    cache_address = stack.outputs()["mirrors"]["quay.io"]
+    for node in managed:
+        document = yaml.safe_load(node.read_file(REGISTRIES_YAML))
+        assert document["mirrors"]["quay.io"] == {"endpoint": [f"https://{cache_address}"]}, node.name
+        assert set(document["configs"][cache_address]) == {"tls", "auth"}
+    assert_converged(stack)
+
+
+def test_the_state_holds_no_secret_in_plain_text(cache_added, stack, client_key):
+    exported = json.dumps(stack.export())
+    outputs = stack.outputs(show_secrets=True)
+    assert "PRIVATE KEY" not in exported
+    assert client_key.private_key_text.strip().splitlines()[1] not in exported
+    assert outputs["registryPassword"] not in exported
+    assert "quay-token-0123" not in exported
+    assert not re.search(r"\$2[aby]\$\d\d\$", exported), "a bcrypt hash in plain text"
+
+
+@pytest.fixture(scope="module")
+def cache_removed(cache_added, stack):
+    stack.config_rm("mirrors")
+    return stack.up().check()
+
+
+def test_a_removed_cache_leaves_nothing_on_the_nodes(cache_removed, stack, managed, cluster):
+    for node in managed:
+        document = yaml.safe_load(node.read_file(REGISTRIES_YAML))
+        assert "quay.io" not in document["mirrors"], node.name
+        assert set(document["configs"]) == {ADDRESS}, node.name
+    assert yaml.safe_load(cluster["agent01"].read_file(REGISTRIES_YAML))["mirrors"]["docker.io"] == \
+        {"endpoint": ["https://mirror.cube.test:5000"]}
+    assert_converged(stack)
+
+
+# ------------------------------------------------------------------ destroy
+
+@pytest.fixture(scope="module")
+def destroyed(cache_removed, stack, managed):
+    clear_restart_logs(managed)
+    return stack.destroy().check()
+
+
+def test_destroy_returns_every_node_to_its_starting_bytes(destroyed, managed, before):
+    java = "/etc/ssl/certs/java/cacerts"  # re-imported with new dates by every rebuild
+    for node in managed:
+        after = {path: content for path, content in node.snapshot(DEFAULT_MANAGED_PATHS).items() if path != java}
+        assert after == {k: v for k, v in before[node.name].items() if k != java}, node.name
+        assert restarts(node) == [UNIT[NODES[node.name]["role"], NODES[node.name]["init"]]], node.name
+
+
+def test_destroy_leaves_an_empty_stack(destroyed, stack):
+    assert [r["type"] for r in stack.resources()] == []
