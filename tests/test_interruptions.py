@@ -30,7 +30,7 @@ Speed: the cases run in parallel on a few test hosts that are reset between case
 archive. ``update-ca-certificates`` is replaced, inside the wrapper that counts and cuts it,
 by a stand-in that rebuilds the bundle from the machine's bundle plus the local anchors (the
 real one takes seconds; what it writes is not a file of the scripts), and Java's keystore
-hook is removed from the test hosts (test_nodes_real.py covers both for real). Each node an
+hook is removed from the test hosts (test_pulumi_real.py covers both for real). Each node an
 interrupted run leaves is re-run once: cases that leave the same node share the verdict (all
 "before" points run first, so a kill after call k finds the node of the kill before call k+1).
 """

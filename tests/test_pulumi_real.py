@@ -25,7 +25,7 @@ import yaml
 import kubernetes_validate
 
 from harness import NODE_SCRIPTS
-from nodebed import NodeSpec, free_addresses, running_nodes
+from nodebed import NodeSpec, file_times, free_addresses, running_nodes
 from pod import registry_pod
 from pulumi_real import PROVIDERS, RENDER_MODE_WARNINGS, RealStack, pins
 from testbed.oci import build_oci_layout, skopeo_copy
@@ -96,8 +96,25 @@ def node_entries(addresses, renamed=None):
     return entries
 
 
+JAVA_KEYSTORE = "/etc/ssl/certs/java/cacerts"
+
+
+def java_trusted(node) -> list[str]:
+    """The Java keystore's entries (alias and certificate), without its per-entry import dates."""
+    if not node.exists(JAVA_KEYSTORE):
+        return []
+    listing = node.run_local(["keytool", "-list", "-rfc", "-keystore", JAVA_KEYSTORE, "-storepass", "changeit"])
+    assert listing.returncode == 0, listing.stderr.decode()
+    return [line for line in listing.stdout.decode().splitlines() if not line.startswith("Creation date")]
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, client_key, cluster, addresses, before, kube_api):
+def java_before(managed, before):
+    return {node.name: java_trusted(node) for node in managed}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, client_key, cluster, addresses, before, java_before, kube_api):
     root = tmp_path_factory.mktemp("real-stack")
     real = RealStack(root, STACK, kubeconfig=kube_api.kubeconfig_path, render_dir=root / "rendered")
     real.config_set("hostname", HOSTNAME)
@@ -221,7 +238,14 @@ def test_no_plugin_warning_and_no_download(first_preview):
 @pytest.fixture(scope="module")
 def first_up(first_preview, stack, managed):
     clear_restart_logs(managed)
-    return stack.up().check()
+    # Restarts that take a while, so that two servers down at once would show on the timeline.
+    for node in managed:
+        node.set_restart_seconds(1.0)
+    try:
+        return stack.up().check()
+    finally:
+        for node in managed:
+            node.set_restart_seconds(0)
 
 
 def test_up_configures_every_node(first_up, stack, managed, before):
@@ -314,11 +338,37 @@ def test_a_node_the_program_did_not_configure_fails_on_the_certificate(pushed_im
     assert curl_catalog(cluster["outsider"]).returncode == 60
 
 
+def test_without_the_credentials_the_registry_refuses_even_a_trusting_node(pushed_image, managed):
+    result = curl_catalog(managed[0])
+    assert result.returncode == 22 and b"401" in result.stderr  # curl --fail: HTTP error
+
+
+def test_names_resolve_to_the_registry_ip(first_up, managed):
+    for node in managed:
+        assert node.run_local(["getent", "hosts", HOSTNAME]).stdout.decode().split()[0] == REGISTRY_IP, node.name
+
+
+def test_registries_yaml_is_root_only_and_its_ca_file_holds_no_key(first_up, managed):
+    for node in managed:
+        assert node.run_local(["stat", "-c", "%a", REGISTRIES_YAML]).stdout.strip() == b"600", node.name
+        config = yaml.safe_load(node.read_file(REGISTRIES_YAML))["configs"][ADDRESS]
+        assert set(config["tls"]) == {"ca_file"} and HOSTNAME not in yaml.safe_load(
+            node.read_file(REGISTRIES_YAML))["configs"], "the configs key carries the port"
+        ca_file = node.read_file(config["tls"]["ca_file"]).decode()
+        assert "BEGIN CERTIFICATE" in ca_file and "PRIVATE" not in ca_file
+
+
+def test_no_private_key_lands_on_any_node(first_up, managed):
+    for node in managed:
+        for path, content in node.snapshot().items():
+            assert b"PRIVATE KEY" not in content, (node.name, path)
+
+
 # ------------------------------------------------------------------ nothing more to do
 
 @pytest.fixture(scope="module")
 def second_up(pushed_image, stack, managed):
-    snapshots = {node.name: node.snapshot() for node in managed}
+    snapshots = {node.name: (node.snapshot(), file_times(node, DEFAULT_MANAGED_PATHS)) for node in managed}
     clear_restart_logs(managed)
     run = stack.up("--expect-no-changes").check()
     return snapshots, run
@@ -327,7 +377,9 @@ def second_up(pushed_image, stack, managed):
 def test_a_second_up_changes_nothing_anywhere(second_up, stack, managed):
     snapshots, _ = second_up
     for node in managed:
-        assert node.snapshot() == snapshots[node.name], node.name
+        content, times = snapshots[node.name]
+        assert node.snapshot() == content, node.name
+        assert file_times(node, DEFAULT_MANAGED_PATHS) == times, f"{node.name}: a file was rewritten"
         assert restarts(node) == [], node.name
     assert_converged(stack)
 
@@ -412,13 +464,17 @@ def test_a_ca_rotation_reaches_every_node_in_one_up(rotated, stack, managed):
 def moved(rotated, stack, registry, managed):
     stack.config_set("loadBalancerIp", MOVED_IP)
     clear_restart_logs(managed)
+    anchors_before = {node.name: anchors(node) for node in managed}
     run = stack.up().check()
     registry.serve(MOVED_IP)
-    return run
+    return run, anchors_before
 
 
 def test_a_new_registry_ip_converges_in_one_up(moved, stack, managed, before):
+    _, anchors_before = moved
     for node in managed:
+        assert restarts(node) == [], "registries.yaml did not change, so k3s keeps running"
+        assert anchors(node) == anchors_before[node.name], "the CA names the host, not the IP: nothing to re-trust"
         hosts = node.read_file("/etc/hosts")
         assert managed_lines(hosts) == [f"{MOVED_IP}\t{HOSTNAME}\t{MARKER}".encode()], node.name
         assert hosts.split(b"\n", 1)[1] == before[node.name]["/etc/hosts"], node.name
@@ -497,11 +553,24 @@ def destroyed(cache_removed, stack, managed):
 
 
 def test_destroy_returns_every_node_to_its_starting_bytes(destroyed, managed, before):
-    java = "/etc/ssl/certs/java/cacerts"  # re-imported with new dates by every rebuild
     for node in managed:
-        after = {path: content for path, content in node.snapshot(DEFAULT_MANAGED_PATHS).items() if path != java}
-        assert after == {k: v for k, v in before[node.name].items() if k != java}, node.name
+        # A JKS keystore stamps each entry with its import time, and every trust store rebuild
+        # re-imports them all: its entries are compared on their own, below.
+        after = {path: content for path, content in node.snapshot(DEFAULT_MANAGED_PATHS).items()
+                 if path != JAVA_KEYSTORE}
+        assert after == {k: v for k, v in before[node.name].items() if k != JAVA_KEYSTORE}, node.name
         assert restarts(node) == [UNIT[NODES[node.name]["role"], NODES[node.name]["init"]]], node.name
+
+
+def test_destroy_leaves_javas_keystore_trusting_what_it_trusted_before(destroyed, managed, java_before):
+    for node in managed:
+        assert java_trusted(node) == java_before[node.name], node.name
+
+
+def test_after_destroy_nodes_no_longer_trust_the_registry(destroyed, managed):
+    for node in managed:
+        node.write_file("/etc/hosts", f"{MOVED_IP} {HOSTNAME}\n".encode())
+        assert curl_catalog(node).returncode == 60, node.name
 
 
 def test_destroy_leaves_an_empty_stack(destroyed, stack):
