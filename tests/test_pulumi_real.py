@@ -26,7 +26,7 @@ import kubernetes_validate
 
 from harness import NODE_SCRIPTS
 from nodebed import NodeSpec, file_times, free_addresses, running_nodes
-from pod import registry_pod
+from pod import start_registry_pod
 from pulumi_real import PROVIDERS, RENDER_MODE_WARNINGS, RealStack, pins
 from testbed.oci import build_oci_layout, skopeo_copy
 from test_manifest_scan import ALLOWED_SKIPS, checks, scan
@@ -129,7 +129,8 @@ def stack(tmp_path_factory, client_key, cluster, addresses, before, java_before,
 
 
 class Registry:
-    """The real registry, started from the Deployment and Secrets the provider rendered."""
+    """The real registry, started from the Deployment and Secrets the provider rendered; started
+    again after an `up` that changed them (a new CA, a new address)."""
 
     def __init__(self, stack, workdir):
         self.stack, self.workdir, self.running, self.count = stack, workdir, None, 0
@@ -137,13 +138,12 @@ class Registry:
     def serve(self, ip):
         self.stop()
         self.count += 1
-        self._context = registry_pod(self.stack.rendered(), self.workdir / f"pod-{self.count}", ip)
-        self.running = self._context.__enter__()
+        self.running = start_registry_pod(self.stack.rendered(), self.workdir / f"pod-{self.count}", ip)
         return self.running
 
     def stop(self):
         if self.running is not None:
-            self._context.__exit__(None, None, None)
+            self.running.stop()
             self.running = None
 
 
@@ -420,10 +420,9 @@ def test_the_next_up_repairs_exactly_that_step(tampered, stack, cluster, managed
 # ------------------------------------------------------------------ changes that converge in one up
 
 @pytest.fixture(scope="module")
-def renamed(tampered, stack, addresses, cluster):
+def renamed(tampered, stack):
     stack.config_set("nodes[2].name", "agent01b", path=True)
-    run = stack.up().check()
-    return run
+    return stack.up().check()
 
 
 def test_a_renamed_node_stays_configured_after_one_up(renamed, stack, cluster):
@@ -483,10 +482,9 @@ def test_a_new_registry_ip_converges_in_one_up(moved, stack, managed, before):
 
 
 @pytest.fixture(scope="module")
-def auth_off(moved, stack, managed):
+def auth_off(moved, stack):
     stack.config_set("auth", False)
-    run = stack.up().check()
-    return run
+    return stack.up().check()
 
 
 def test_auth_off_converges_in_one_up(auth_off, stack, managed, registry):

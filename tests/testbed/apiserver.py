@@ -97,36 +97,36 @@ def start_apiserver(bin_dir: Path, workdir: Path, ip: str, timeout: float = 90.0
     processes: list[subprocess.Popen[bytes]] = []
     running = RunningAPIServer(ip, workdir, token, serving.cert_pem, processes)
     try:
-        etcd_log = open(workdir / "etcd.log", "wb")
-        processes.append(subprocess.Popen(
-            [str(bin_dir / "etcd"), "--name", "test", "--data-dir", str(workdir / "etcd-data"),
-             "--listen-client-urls", f"http://{ip}:{ETCD_CLIENT_PORT}",
-             "--advertise-client-urls", f"http://{ip}:{ETCD_CLIENT_PORT}",
-             "--listen-peer-urls", f"http://{ip}:{ETCD_PEER_PORT}",
-             "--initial-advertise-peer-urls", f"http://{ip}:{ETCD_PEER_PORT}",
-             "--initial-cluster", f"test=http://{ip}:{ETCD_PEER_PORT}",
-             "--listen-metrics-urls", "", "--log-level", "warn"],
-            stdout=etcd_log, stderr=subprocess.STDOUT, start_new_session=True))
+        with open(workdir / "etcd.log", "wb") as etcd_log:  # the child keeps its own descriptor
+            processes.append(subprocess.Popen(
+                [str(bin_dir / "etcd"), "--name", "test", "--data-dir", str(workdir / "etcd-data"),
+                 "--listen-client-urls", f"http://{ip}:{ETCD_CLIENT_PORT}",
+                 "--advertise-client-urls", f"http://{ip}:{ETCD_CLIENT_PORT}",
+                 "--listen-peer-urls", f"http://{ip}:{ETCD_PEER_PORT}",
+                 "--initial-advertise-peer-urls", f"http://{ip}:{ETCD_PEER_PORT}",
+                 "--initial-cluster", f"test=http://{ip}:{ETCD_PEER_PORT}",
+                 "--listen-metrics-urls", "", "--log-level", "warn"],
+                stdout=etcd_log, stderr=subprocess.STDOUT, start_new_session=True))
         wait_for_tcp(ip, ETCD_CLIENT_PORT, alive=lambda: processes[0].poll() is None,
                      describe=running.log, timeout=timeout)
-        apiserver_log = open(workdir / "kube-apiserver.log", "wb")
-        processes.append(subprocess.Popen(
-            [str(bin_dir / "kube-apiserver"),
-             "--etcd-servers", f"http://{ip}:{ETCD_CLIENT_PORT}",
-             "--bind-address", ip, "--advertise-address", ip, "--secure-port", str(API_PORT),
-             "--tls-cert-file", str(workdir / "apiserver.crt"),
-             "--tls-private-key-file", str(workdir / "apiserver.key"),
-             "--token-auth-file", str(workdir / "tokens.csv"),
-             "--authorization-mode", "Node,RBAC",
-             "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
-             "--service-account-key-file", str(workdir / "sa.pub"),
-             "--service-account-signing-key-file", str(workdir / "sa.key"),
-             "--service-cluster-ip-range", SERVICE_CLUSTER_IP_RANGE,
-             # The `kubernetes` Service's endpoints would name the advertised address, which
-             # may not be a loopback one; there is no in-cluster client to use it.
-             "--endpoint-reconciler-type", "none",
-             "--cert-dir", str(workdir / "certs")],
-            stdout=apiserver_log, stderr=subprocess.STDOUT, start_new_session=True))
+        with open(workdir / "kube-apiserver.log", "wb") as apiserver_log:
+            processes.append(subprocess.Popen(
+                [str(bin_dir / "kube-apiserver"),
+                 "--etcd-servers", f"http://{ip}:{ETCD_CLIENT_PORT}",
+                 "--bind-address", ip, "--advertise-address", ip, "--secure-port", str(API_PORT),
+                 "--tls-cert-file", str(workdir / "apiserver.crt"),
+                 "--tls-private-key-file", str(workdir / "apiserver.key"),
+                 "--token-auth-file", str(workdir / "tokens.csv"),
+                 "--authorization-mode", "Node,RBAC",
+                 "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
+                 "--service-account-key-file", str(workdir / "sa.pub"),
+                 "--service-account-signing-key-file", str(workdir / "sa.key"),
+                 "--service-cluster-ip-range", SERVICE_CLUSTER_IP_RANGE,
+                 # The `kubernetes` Service's endpoints would name the advertised address, which
+                 # may not be a loopback one; there is no in-cluster client to use it.
+                 "--endpoint-reconciler-type", "none",
+                 "--cert-dir", str(workdir / "certs")],
+                stdout=apiserver_log, stderr=subprocess.STDOUT, start_new_session=True))
         wait_for_tcp(ip, API_PORT, alive=lambda: all(p.poll() is None for p in processes),
                      describe=running.log, timeout=timeout)
         _await_ready(running, timeout)
