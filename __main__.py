@@ -4,9 +4,9 @@ import gc
 
 import pulumi
 
+from components.cluster.registry import Registry
 from components.config import load_settings
-from components.nodes import ClusterNodes, ClusterNodesArgs, instance_id_for
-from components.registry import Registry
+from components.node.nodes import ClusterNodes, ClusterNodesArgs, instance_id_for
 
 # Pulumi keeps every resource's futures alive until the run ends; at the collector's default
 # thresholds it rescans them so often that evaluation grew faster than the node count

@@ -27,6 +27,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ROOT / "tests"
@@ -160,9 +161,9 @@ def program_rounds(nodes, client_key, reps: int, work: Path) -> list[dict]:
             for key, value in stack({name: (node.ip, ROLES[name]) for name, node in nodes.items()}).items():
                 real.config_set(key, int(value) if key == "k3sRestartTimeout" else value)
             real.config_set("sshPrivateKey", client_key.private_key_text, secret=True)
-            row = {}
+            row: dict[str, Any] = {}
 
-            def timed(*args: str) -> tuple[float, float]:
+            def timed(*args: str, real: RealStack = real) -> tuple[float, float]:
                 sshd.mark()
                 started = time.perf_counter()
                 real.up(*args).check()
@@ -274,7 +275,7 @@ def write_inventory(inventory: Path, nodes, client_key) -> None:
 
 def run_ansible(ansible: Path, inventory: Path, env: dict, commands, nodes) -> tuple[float, dict[str, int]]:
     """Runs the ad-hoc commands in sequence; wall time and SSH sessions per node (ssh invocations, -vvv)."""
-    sessions = {name: 0 for name in nodes}
+    sessions = dict.fromkeys(nodes, 0)
     ips = {node.ip: name for name, node in nodes.items()}
     started = time.perf_counter()
     for argv in commands:
@@ -282,7 +283,7 @@ def run_ansible(ansible: Path, inventory: Path, env: dict, commands, nodes) -> t
                              text=True, check=False)
         if out.returncode != 0:
             raise RuntimeError(f"ansible {' '.join(argv)} failed ({out.returncode}):\n{out.stdout[-3000:]}{out.stderr[-2000:]}")
-        for ip in re.findall(r"^<(127\.[0-9.]+)> SSH: EXEC ", out.stdout, re.M):
+        for ip in re.findall(r"^<(127\.[0-9.]+)> SSH: EXEC ", out.stdout, re.MULTILINE):
             sessions[ips[ip]] += 1
     return time.perf_counter() - started, sessions
 
@@ -401,8 +402,8 @@ def report(prog, ans, evals, floor, quick: bool, reps: int) -> None:
     written = per["checkpoint_written_bytes"]
     row("checkpoint bytes written, first up of 100 nodes (model)", human_bytes(written), "< 300 MB", written < 300e6)
 
-    widths = [max(len(r[i]) for r in rows + [("figure", "measured", "target", "met?")]) for i in range(4)]
-    line = "  ".join("{:<%d}" % w for w in widths)
+    widths = [max(len(r[i]) for r in [*rows, ("figure", "measured", "target", "met?")]) for i in range(4)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
     print(line.format("figure", "measured", "target", "met?"))
     print("  ".join("-" * w for w in widths))
     for r in rows:
@@ -454,7 +455,7 @@ def main(argv=None) -> int:
     try:
         client_key = generate_client_key(work / "client-key")
         ips = free_addresses(CANDIDATES, len(ROLES))
-        specs = [NodeSpec(name, ip, HOSTS) for name, ip in zip(ROLES, ips)]
+        specs = [NodeSpec(name, ip, HOSTS) for name, ip in zip(ROLES, ips, strict=True)]
 
         def workdir_for(name: str) -> Path:
             path = work / "nodes" / name

@@ -9,15 +9,17 @@ so two evaluations of one configuration can be compared like two ``pulumi up`` r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import datetime as dt
 import hashlib
 import ipaddress
 import json
 import runpy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import bcrypt
 import pulumi
@@ -28,7 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from google.protobuf import json_format
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import settings as pulumi_settings
-from pulumi.runtime.stack import wait_for_rpcs
+from pulumi.runtime.stack import Stack, wait_for_rpcs
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PROGRAM = PROJECT_DIR / "__main__.py"
@@ -40,7 +42,7 @@ _PROVIDER_STATE: dict[str, dict[str, Any]] = {}
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass
@@ -102,6 +104,7 @@ def _state_key(args: pulumi_mocks.MockResourceArgs) -> str:
 
 
 def _private_key(inputs: dict[str, Any]) -> dict[str, Any]:
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
     if inputs.get("algorithm") == "ECDSA":
         curve = {"P224": ec.SECP224R1(), "P256": ec.SECP256R1(), "P384": ec.SECP384R1(), "P521": ec.SECP521R1()}
         key = ec.generate_private_key(curve[inputs.get("ecdsaCurve", "P224")])
@@ -143,10 +146,8 @@ def _sign(subject_public_key, signer_key, subject: x509.Name, issuer: x509.Name,
           now: dt.datetime, names: list[x509.GeneralName]) -> x509.Certificate:
     """A certificate with exactly the extensions pulumi-tls derives from the same inputs."""
     uses = set(inputs.get("allowedUses", []))
-    flags = {flag: False for flag in (
-        "digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-        "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only",
-    )}
+    flags = dict.fromkeys(("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+                           "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"), False)
     for use in uses:
         if use in _KEY_USAGE_FLAGS:
             flags[_KEY_USAGE_FLAGS[use]] = True
@@ -190,6 +191,7 @@ def _certificate_request(inputs: dict[str, Any]) -> dict[str, Any]:
     builder = x509.CertificateSigningRequestBuilder().subject_name(subject_name(inputs.get("subject", {})))
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    assert isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)), type(key)
     request = builder.sign(key, hashes.SHA256())
     return {"certRequestPem": request.public_bytes(serialization.Encoding.PEM).decode()}
 
@@ -215,7 +217,7 @@ class ProviderMocks(pulumi.runtime.Mocks):
     def __init__(
         self,
         clock: Callable[[], dt.datetime] = _utcnow,
-        outputs_by_name: Optional[dict[str, dict[str, Any]]] = None,
+        outputs_by_name: dict[str, dict[str, Any]] | None = None,
     ):
         self.clock = clock
         # Outputs a real provider returned (by resource name: a dynamic provider's update, a
@@ -235,10 +237,9 @@ class ProviderMocks(pulumi.runtime.Mocks):
         now = self.clock()
         request = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
         ca = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
-        try:
-            names = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        except x509.ExtensionNotFound:
-            names = []
+        names: list[x509.GeneralName] = []
+        with contextlib.suppress(x509.ExtensionNotFound):
+            names = list(request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
         signer_key = serialization.load_pem_private_key(inputs["caPrivateKeyPem"].encode(), None)
         certificate = _sign(request.public_key(), signer_key, request.subject, ca.subject, inputs, now, list(names))
         return _certificate_outputs(certificate, inputs, now)
@@ -268,7 +269,7 @@ class ProviderMocks(pulumi.runtime.Mocks):
             outputs.update({"stdout": "", "stderr": ""})
         elif args.typ == NODE_SCRIPTS:
             # What the real provider's create returns (without the SSH): the state keeps no plan.
-            from components.drift import outputs_of
+            from components.node.scripts_resource import outputs_of
 
             outputs = {"__provider": outputs["__provider"], **outputs_of(outputs, repairs={})}
         outputs.update(normalize(self.outputs_by_name.get(args.name, {})))
@@ -298,7 +299,7 @@ class CapturingMonitor(pulumi_mocks.MockMonitor):
             parent_type = parent.split("::")[2]
             if parent_type != ROOT_STACK_TYPE:
                 qualified = f"{parent_type}${type_}"
-        return "urn:pulumi:" + "::".join([pulumi.get_stack(), pulumi.get_project(), qualified, name])
+        return "urn:pulumi:" + f"{pulumi.get_stack()}::{pulumi.get_project()}::{qualified}::{name}"
 
 
 async def _settle(value: Any) -> tuple[Any, bool]:
@@ -313,7 +314,7 @@ def evaluate(
     secret_keys: tuple[str, ...] = (),
     clock=_utcnow,
     stack: str = "dev",
-    outputs_by_name: Optional[dict[str, dict[str, Any]]] = None,
+    outputs_by_name: dict[str, dict[str, Any]] | None = None,
 ) -> Evaluation:
     """Runs __main__.py with this config (keys without namespace) and returns what it declared.
 
@@ -338,13 +339,13 @@ def _run_main() -> None:
 
 def run_function(
     program: Callable[[], None],
-    config: Optional[dict[str, Any]] = None,
+    config: dict[str, Any] | None = None,
     *,
-    raw_config: Optional[dict[str, str]] = None,
+    raw_config: dict[str, str] | None = None,
     secret_keys: tuple[str, ...] = (),
     clock=_utcnow,
     stack: str = "dev",
-    outputs_by_name: Optional[dict[str, dict[str, Any]]] = None,
+    outputs_by_name: dict[str, dict[str, Any]] | None = None,
 ) -> Evaluation:
     """Runs ``program`` (any function declaring resources) under the mocks.
 
@@ -353,7 +354,7 @@ def run_function(
     ``clock`` is both the program's clock (certificate rotation) and the providers' (issue
     dates), so a test can move the whole world to another day.
     """
-    from components import rotation
+    from components.cluster import rotation
 
     raw = dict(raw_config or {})
     raw.update({f"{PROJECT}:{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (config or {}).items()})
@@ -380,13 +381,12 @@ def _evaluate(program, raw: dict[str, str], secret_keys, clock, stack: str, outp
             loop.run_until_complete(wait_for_rpcs())
         except Exception as error:
             # Let the runtime finish what it had started, or the next evaluation waits on it.
-            try:
+            with contextlib.suppress(Exception):
                 loop.run_until_complete(wait_for_rpcs())
-            except Exception:  # noqa: BLE001 the program's own error is the one to report
-                pass
             declared = [r.type for r in monitor.requests if r.type != "pulumi:pulumi:Stack"]
             raise ProgramFailed(str(error), declared) from error
         evaluation = Evaluation()
+        assert isinstance(root, Stack), root
         for name, value in root.outputs.items():
             resolved, secret = loop.run_until_complete(_settle(value))
             evaluation.outputs[name] = resolved

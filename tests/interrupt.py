@@ -26,6 +26,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+import paramiko
+
 from testbed.sshexec import ClientKey, connect, run_on_client
 from testbed.sshnodes import TestNode
 
@@ -91,7 +93,7 @@ class Interrupter:
     def __init__(self, node: TestNode, root: Path, stand_ins: dict[str, str] | None = None):
         """``stand_ins`` maps a tool to a script run in its place (still counted and cut)."""
         self.node = node
-        self.client = None
+        self.client: paramiko.SSHClient | None = None
         self.root = root
         self.bin = root / "bin"
         self.ctl = root / "ctl"
@@ -160,8 +162,10 @@ STATE_DIRS = ("etc/rancher", "var/lib/k3s-registry", "etc/ssl/certs/ca-certifica
 
 def save_state(node: TestNode, archive: Path) -> None:
     """Archives the node's step-touched directories (host path ``archive``) and its /etc/hosts."""
-    script = 'cd / && set -- && for d in ' + " ".join(STATE_DIRS) + '; do [ -e "$d" ] && set -- "$@" "$d"; done; ' \
-             'tar -cpf "$0" "$@" && cat /etc/hosts > "$0.hosts"'
+    script = (
+        "cd / && set -- && for d in " + " ".join(STATE_DIRS) + '; do [ -e "$d" ] && set -- "$@" "$d"; done; '
+        'tar -cpf "$0" "$@" && cat /etc/hosts > "$0.hosts"'
+    )
     result = node.run_local(["sh", "-c", script, str(archive)])
     assert result.returncode == 0, result.stderr.decode()
 

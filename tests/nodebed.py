@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any
+
+from components.node.plan import NodePlan
+from components.node.scripts_resource import NodeScriptsProvider
 
 from harness import Evaluation, Resource
-
-from components.drift import NodeScriptsProvider
-from components.node_plan import NodePlan
 from testbed.sshexec import ClientKey, ssh_run
-from testbed.sshnodes import TestNode, start_node
+from testbed.sshnodes import Init, TestNode, start_node
 
 COMMAND = "command:remote:Command"
 STEPS = ("trust", "hosts", "k3s", "restart")
@@ -31,9 +32,15 @@ class StepRun:
     stdout: str
     stderr: str
 
-    def check(self) -> "StepRun":
+    def check(self) -> StepRun:
         assert self.exit_status == 0, f"{self.node}/{self.step} failed ({self.exit_status}):\n{self.stderr}\n{self.stdout}"
         return self
+
+
+def outs(result: Any) -> dict[str, Any]:
+    """A provider call's outputs (the SDK types them optional; ours always returns them)."""
+    assert result.outs is not None, f"{type(result).__name__} without outputs"
+    return result.outs
 
 
 def node_steps(evaluation: Evaluation, node_name: str) -> dict[str, Resource]:
@@ -42,7 +49,7 @@ def node_steps(evaluation: Evaluation, node_name: str) -> dict[str, Resource]:
 
 
 def scripts_resource(evaluation: Evaluation, node_name: str) -> Resource:
-    """The node's NodeScripts resource (components/drift.py): writes its scripts, observes it."""
+    """The node's NodeScripts resource (components/node/scripts_resource.py): writes its scripts, observes it."""
     return evaluation.named(f"nodes-{node_name}-scripts")
 
 
@@ -99,7 +106,7 @@ def refresh_scripts(resource: Resource, node: TestNode, client_key: ClientKey) -
     """A refresh: the provider's read of the outputs in the state, which become the state."""
     directory = scripts_dir_of(resource)
     resource_id, olds = node.engine_state[directory]
-    outputs = NodeScriptsProvider().read(resource_id, with_client_key(olds, client_key)).outs
+    outputs = outs(NodeScriptsProvider().read(resource_id, with_client_key(olds, client_key)))
     node.engine_state[directory] = (resource_id, {**outputs, "connection": olds["connection"]})
     return outputs
 
@@ -164,7 +171,7 @@ class NodeSpec:
     name: str
     ip: str
     hosts: bytes
-    init: str = "systemd"
+    init: Init = "systemd"
     files: dict[str, bytes] | None = None
 
 

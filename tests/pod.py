@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Iterator
-from typing import Any, Optional
+from typing import Any
 
 from harness import Evaluation
 from testbed.registry import HostDir, RunningRegistry, start_registry
@@ -43,7 +42,7 @@ def _env_value(evaluation: Evaluation, item: dict[str, Any]) -> str:
     return files[reference["key"]].decode()
 
 
-def _deployment(evaluation: Evaluation, deployment: Optional[str]) -> Any:
+def _deployment(evaluation: Evaluation, deployment: str | None) -> Any:
     return evaluation.one(DEPLOYMENT) if deployment is None else evaluation.named(deployment)
 
 
@@ -95,7 +94,7 @@ def _volume_source(
 
 
 def registry_pod_settings(
-    evaluation: Evaluation, claims: Optional[Mapping[str, Path]] = None, deployment: Optional[str] = None
+    evaluation: Evaluation, claims: Mapping[str, Path] | None = None, deployment: str | None = None
 ) -> dict[str, Any]:
     """The arguments for ``start_registry``, read off the declared Deployment.
 
@@ -125,12 +124,12 @@ def start_registry_pod(
     evaluation: Evaluation,
     workdir: Path,
     listen_ip: str,
-    claims: Optional[Mapping[str, Path]] = None,
-    deployment: Optional[str] = None,
-    env_overrides: Optional[Mapping[str, str]] = None,
+    claims: Mapping[str, Path] | None = None,
+    deployment: str | None = None,
+    env_overrides: Mapping[str, str] | None = None,
     timeout: float = 10.0,
-    port: Optional[int] = None,
-    extra_files: Optional[Mapping[str, Mapping[str, bytes]]] = None,
+    port: int | None = None,
+    extra_files: Mapping[str, Mapping[str, bytes]] | None = None,
 ) -> RunningRegistry:
     """``env_overrides``: what the test changes in the pod's environment, stated by the test.
     ``port``: listen there instead of the container port (a Service's port, which kube-proxy
@@ -151,11 +150,11 @@ def registry_pod(
     evaluation: Evaluation,
     workdir: Path,
     listen_ip: str,
-    claims: Optional[Mapping[str, Path]] = None,
-    deployment: Optional[str] = None,
-    env_overrides: Optional[Mapping[str, str]] = None,
-    port: Optional[int] = None,
-    extra_files: Optional[Mapping[str, Mapping[str, bytes]]] = None,
+    claims: Mapping[str, Path] | None = None,
+    deployment: str | None = None,
+    env_overrides: Mapping[str, str] | None = None,
+    port: int | None = None,
+    extra_files: Mapping[str, Mapping[str, bytes]] | None = None,
 ) -> Iterator[RunningRegistry]:
     """The registry pod for the length of a ``with`` block (a fixture's lifetime)."""
     running = start_registry_pod(

@@ -18,13 +18,14 @@ starts, and without them every refresh fails ("unreachable cluster", provider.go
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -54,27 +55,23 @@ def pins() -> dict[str, str]:
     return entries
 
 
-_toolchain: Optional[Path] = None
-
-
+@functools.cache
 def toolchain_dir() -> Path:
-    """The folder with the built CLI, language host and provider binaries."""
-    global _toolchain
-    if _toolchain is None:
-        given = os.environ.get(TOOLCHAIN_ENV)
-        if given:
-            _toolchain = Path(given)
-        else:
-            built = subprocess.run([str(TOOLCHAIN_SCRIPT)], capture_output=True, text=True, timeout=5400)
-            assert built.returncode == 0, f"scripts/toolchain failed:\n{built.stderr[-4000:]}"
-            _toolchain = Path(built.stdout.strip().splitlines()[-1])
-        missing = [name for name in ("pulumi", "pulumi-language-python", "pulumi-language-python-exec",
-                                     "pulumi-resource-pulumi-python", *(f"pulumi-resource-{p}" for p in PROVIDERS))
-                   if not (_toolchain / name).is_file()]
-        assert not missing, f"the toolchain in {_toolchain} lacks {missing}: run ./scripts/toolchain"
-        assert (_toolchain / "pins").read_text() == PINS_FILE.read_text(), \
-            f"the toolchain in {_toolchain} was built for other pins than toolchain/pins: run ./scripts/toolchain"
-    return _toolchain
+    """The folder with the built CLI, language host and provider binaries (built once per session)."""
+    given = os.environ.get(TOOLCHAIN_ENV)
+    if given:
+        toolchain = Path(given)
+    else:
+        built = subprocess.run([str(TOOLCHAIN_SCRIPT)], capture_output=True, text=True, timeout=5400, check=False)
+        assert built.returncode == 0, f"scripts/toolchain failed:\n{built.stderr[-4000:]}"
+        toolchain = Path(built.stdout.strip().splitlines()[-1])
+    missing = [name for name in ("pulumi", "pulumi-language-python", "pulumi-language-python-exec",
+                                 "pulumi-resource-pulumi-python", *(f"pulumi-resource-{p}" for p in PROVIDERS))
+               if not (toolchain / name).is_file()]
+    assert not missing, f"the toolchain in {toolchain} lacks {missing}: run ./scripts/toolchain"
+    assert (toolchain / "pins").read_text() == PINS_FILE.read_text(), \
+        f"the toolchain in {toolchain} was built for other pins than toolchain/pins: run ./scripts/toolchain"
+    return toolchain
 
 
 @dataclass
@@ -88,7 +85,7 @@ class Run:
     def output(self) -> str:
         return self.stdout + self.stderr
 
-    def check(self) -> "Run":
+    def check(self) -> Run:
         assert self.returncode == 0, f"pulumi {' '.join(self.args)} exited {self.returncode}:\n{self.output[-8000:]}"
         return self
 
@@ -109,7 +106,7 @@ def copy_program(source: Path, destination: Path) -> None:
 class RealStack:
     """One stack of the program, driven by the real ``pulumi``."""
 
-    def __init__(self, root: Path, stack: str = "test", *, kubeconfig: Path, render_dir: Optional[Path] = None,
+    def __init__(self, root: Path, stack: str = "test", *, kubeconfig: Path, render_dir: Path | None = None,
                  source: Path = PROJECT_DIR):
         self.root = root
         self.stack = stack
@@ -151,11 +148,11 @@ class RealStack:
 
     # ------------------------------------------------------------------ the CLI
 
-    def pulumi(self, *args: str, stack: bool = True, stdin: Optional[str] = None, timeout: float = 900) -> Run:
+    def pulumi(self, *args: str, stack: bool = True, stdin: str | None = None, timeout: float = 900) -> Run:
         argv = [str(self.cli), *args, "--cwd", str(self.program), "--non-interactive", "--color", "never"]
         if stack:
             argv += ["--stack", self.stack]
-        done = subprocess.run(argv, env=self.env, input=stdin, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(argv, env=self.env, input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
         return Run(tuple(args), done.returncode, done.stdout, done.stderr)
 
     def config_set(self, key: str, value: Any, *, secret: bool = False, path: bool = False) -> None:
@@ -194,15 +191,16 @@ class RealStack:
     def destroy(self, *args: str) -> Run:
         return self.pulumi("destroy", "--yes", "--skip-preview", *args)
 
-    def export(self) -> dict[str, Any]:
-        return json.loads(self.pulumi("stack", "export").check().stdout)
+    def export(self, *, show_secrets: bool = False) -> dict[str, Any]:
+        flags = ["--show-secrets"] if show_secrets else []
+        return json.loads(self.pulumi("stack", "export", *flags).check().stdout)
 
     def outputs(self, *, show_secrets: bool = False) -> dict[str, Any]:
         flags = ["--show-secrets"] if show_secrets else []
         return json.loads(self.pulumi("stack", "output", "--json", *flags).check().stdout)
 
-    def resources(self) -> list[dict[str, Any]]:
-        return self.export()["deployment"].get("resources") or []
+    def resources(self, *, show_secrets: bool = False) -> list[dict[str, Any]]:
+        return self.export(show_secrets=show_secrets)["deployment"].get("resources") or []
 
     def urn_of(self, type_token: str, name: str) -> str:
         found = [r["urn"] for r in self.resources() if r["type"] == type_token and r["urn"].endswith(f"::{name}")]

@@ -5,7 +5,8 @@ import json
 import bcrypt
 import pytest
 
-from components.node_plan import NodePlan
+from components.node.plan import NodePlan
+
 from harness import GUIDE_CONFIG, evaluate, is_secret_marker
 
 PASSWORD = "random:index/randomPassword:RandomPassword"

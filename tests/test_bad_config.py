@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from components.config import KNOWN_KEYS, parse_settings
+
 from harness import GUIDE_CONFIG, ProgramFailed, evaluate
 
 # A valid stack, like the guide's cluster with two nodes; every case changes one thing in it.

@@ -148,7 +148,7 @@ def test_services_share_the_ip_each_on_its_port_selecting_its_own_pods(cached):
     assert len(keys) == 1 and keys != {""}
     assert {s["metadata"]["annotations"]["metallb.universe.tf/loadBalancerIPs"] for s in services.values()} == {"192.168.0.202"}
     selectors = []
-    for slug, port in zip(SLUGS, (5001, 5443, 5002)):
+    for slug, port in zip(SLUGS, (5001, 5443, 5002), strict=True):
         service = services[f"registry-cache-{slug}-service"]
         (service_port,) = service["spec"]["ports"]
         assert (service_port["port"], service_port["targetPort"], service["spec"]["type"]) == (port, "https", "LoadBalancer")

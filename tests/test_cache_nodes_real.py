@@ -15,8 +15,17 @@ import pytest
 import yaml
 
 from harness import evaluate
-from nodebed import (NodeSpec, node_steps, refresh_scripts, run_phase, run_step, running_nodes, scripts_outputs,
-                     scripts_resource, write_scripts)
+from nodebed import (
+    NodeSpec,
+    node_steps,
+    refresh_scripts,
+    run_phase,
+    run_step,
+    running_nodes,
+    scripts_outputs,
+    scripts_resource,
+    write_scripts,
+)
 
 HOSTNAME = "registry.cache.test"
 REGISTRY_IP = "127.0.0.230"  # only written into /etc/hosts; nothing connects to it

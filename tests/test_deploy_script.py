@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from harness import PROJECT_DIR
 
 EXTRA_UP_ARGS = ["--yes", "--message", "two words"]
@@ -221,7 +222,9 @@ def test_without_curl_it_says_so(bed, tmp_path):
     no_curl.mkdir()
     for program in ("bash", "sh", "dirname", "sed", "tr", "head", "cat", "cut", "mkdir", "mktemp", "rm",
                     "chmod", "sha256sum", "tar"):
-        os.symlink(shutil.which(program, path="/usr/bin:/bin"), no_curl / program)
+        found = shutil.which(program, path="/usr/bin:/bin")
+        assert found, program
+        os.symlink(found, no_curl / program)
     result = bed.run(path=f"{bed.bin}:{no_curl}")
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("deploy: error:")]

@@ -15,10 +15,14 @@ import dill
 import pytest
 from pulumi.dynamic.dynamic import serialize_provider
 
-from components import drift, drift_probes, node_plan
-from components.drift import NodeScriptsProvider, outputs_of, with_repairs
-from components.node_plan import NodePlan, reader_script
+from components.node import scripts_resource, ssh
+from components.node.plan import NodePlan
+from components.node.runner import SCRIPTS, reader_script, with_repairs
+from components.node.scripts_resource import NodeScriptsProvider, outputs_of
+from components.node.steps import hosts, registries, trust
+
 from harness import GUIDE_CONFIG, PROJECT_DIR, evaluate, is_secret_marker
+from nodebed import outs as outputs
 from nodebed import plan_of
 
 ADDRESS = "registry.cube.local:5000"
@@ -61,7 +65,7 @@ def plan(scripts):
 
 @pytest.fixture(scope="module")
 def probes(plan):
-    """The node's probes as the program renders them (drift_probes, through its NodePlan)."""
+    """The node's probes as the program renders them (each step module's probe, through its NodePlan)."""
     return {step: plan.scripts()[f"{step}/probe"] for step in OBSERVED_STEPS}
 
 
@@ -72,7 +76,8 @@ def reader(plan):
 
 
 def shellcheck(script: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["shellcheck", "--shell=sh", "--severity=style", "-"], input=script.encode(), capture_output=True)
+    return subprocess.run(["shellcheck", "--shell=sh", "--severity=style", "-"], input=script.encode(), capture_output=True,
+                          check=False)
 
 
 # ------------------------------------------------------------------ probes as text
@@ -85,13 +90,13 @@ def test_every_probe_and_the_reader_are_shellcheck_clean_posix_sh(probes, reader
         assert script.startswith("set -eu\n"), step
 
 
-def test_the_probes_are_drift_probes_own(plan, probes):
-    """No second copy of the probes: the node gets exactly what drift_probes renders."""
+def test_the_probes_are_the_step_modules_own(plan, probes):
+    """No second copy of the probes: the node gets exactly what each step's module renders."""
     target = plan.target
-    assert probes["trust"].rstrip("\n") == drift_probes.trust_probe_script(target, plan.certificate_pem).rstrip("\n")
-    assert probes["hosts"].rstrip("\n") == drift_probes.hosts_probe_script(
+    assert probes["trust"].rstrip("\n") == trust.trust_probe_script(target, plan.certificate_pem).rstrip("\n")
+    assert probes["hosts"].rstrip("\n") == hosts.hosts_probe_script(
         target, plan.hostname, plan.ip_address).rstrip("\n")
-    assert probes["k3s"].rstrip("\n") == drift_probes.registries_probe_script(
+    assert probes["k3s"].rstrip("\n") == registries.registries_probe_script(
         target, plan.address, plan.certificate_pem, plan.caches).rstrip("\n")
 
 
@@ -123,9 +128,9 @@ def test_probes_and_the_reader_write_nothing(probes, reader):
 
 
 def run_checker(python: list[str], path, stdin: bytes = b"", caches: str = "[]") -> subprocess.CompletedProcess:
-    checker = drift_probes.REGISTRIES_CHECKER_SOURCE
+    checker = registries.REGISTRIES_CHECKER_SOURCE
     return subprocess.run([*python, "-c", checker, str(path), ADDRESS, "/etc/ca.crt", caches], input=stdin,
-                          capture_output=True)
+                          capture_output=True, check=False)
 
 
 def test_the_registries_checker_runs_and_stays_quiet_about_values(tmp_path):
@@ -160,7 +165,7 @@ def test_the_registries_checker_is_silent_when_the_file_matches_and_checks_crede
 def test_the_registries_checker_exits_3_without_pyyaml(tmp_path):
     """The probe turns exit 3 into a failure naming the package; a python without PyYAML gets exit 3."""
     no_yaml = [sys.executable, "-I", "-S"]
-    assert subprocess.run([*no_yaml, "-c", "import yaml"], capture_output=True).returncode != 0, "yaml importable"
+    assert subprocess.run([*no_yaml, "-c", "import yaml"], capture_output=True, check=False).returncode != 0, "yaml importable"
     path = tmp_path / "registries.yaml"
     path.write_text(f"mirrors:\n  {ADDRESS}:\n    endpoint: [https://{ADDRESS}]\n")
     run = run_checker(no_yaml, path)
@@ -203,7 +208,7 @@ def test_diff_is_quiet_when_in_sync_and_nothing_changed(props):
 
 def test_diff_is_loud_on_drift_and_on_a_new_plan_connection_or_credentials(props):
     provider = NodeScriptsProvider()
-    for step in (*OBSERVED_STEPS, node_plan.SCRIPTS):
+    for step in (*OBSERVED_STEPS, SCRIPTS):
         drifted = provider.diff("id", state(props, observed={step: "drift: x"}), props)
         assert drifted.changes is True and drifted.replaces == [], step
     new_plan = {key: value for key, value in declare(loadBalancerIp="192.168.0.203").named(
@@ -231,14 +236,14 @@ def test_only_a_new_host_or_port_replaces_and_the_new_one_is_created_first(props
 def installs(monkeypatch):
     """Records every install (one SSH session writing the scripts) instead of connecting."""
     calls = []
-    monkeypatch.setattr(drift, "install", lambda props, resource_id: calls.append((props, resource_id)))
+    monkeypatch.setattr(scripts_resource, "install", lambda props, resource_id: calls.append((props, resource_id)))
     return calls
 
 
 def test_update_counts_a_repair_only_for_drifted_steps_and_keeps_earlier_counts(props, installs):
     olds = state(props, observed={"hosts": "drift: /etc/hosts has no managed line", "k3s": "drift: y"},
                  repairs={"trust": 2.0, "hosts": 1.0})
-    outs = NodeScriptsProvider().update("id", olds, props).outs
+    outs = outputs(NodeScriptsProvider().update("id", olds, props))
     assert outs["repairs"] == {"trust": 2, "hosts": 2, "k3s": 1}
     assert all(type(count) is int for count in outs["repairs"].values())
     assert outs["observed"] == {}, "the Commands repair right after: the state is as they apply it"
@@ -249,7 +254,7 @@ def test_update_counts_a_repair_only_for_drifted_steps_and_keeps_earlier_counts(
 
 def test_the_scripts_pseudo_step_is_never_counted_and_reinstalls(props, installs):
     olds = state(props, observed={"scripts": "drift: missing or changed on the node: restart"}, repairs={"k3s": 1})
-    outs = NodeScriptsProvider().update("res-id", olds, props).outs
+    outs = outputs(NodeScriptsProvider().update("res-id", olds, props))
     assert outs["repairs"] == {"k3s": 1} and outs["observed"] == {}
     assert installs == [(props, "res-id")]
 
@@ -258,7 +263,7 @@ def test_update_installs_only_when_the_scripts_or_the_connection_changed(props, 
     provider = NodeScriptsProvider()
     new_plan = {key: value for key, value in declare(hostname="registry2.cube.local").named(
         "nodes-cube01-scripts").inputs.items() if key != "__provider"}
-    outs = provider.update("res-id", state(props, repairs={"hosts": 3}), new_plan).outs
+    outs = outputs(provider.update("res-id", state(props, repairs={"hosts": 3}), new_plan))
     assert installs == [(new_plan, "res-id")]
     assert outs["digests"] == NodePlan.from_props(new_plan["plan"]).step_digests() != state(props)["digests"]
     assert outs["repairs"] == {"hosts": 3}, "new scripts are no repair: the changed digests re-run the steps"
@@ -268,7 +273,7 @@ def test_update_installs_only_when_the_scripts_or_the_connection_changed(props, 
     assert installs == [(new_user, "res-id")]
     installs.clear()
     rotated = {**props, "credentials": json.dumps({"username": "registry", "password": "rotated"})}
-    assert provider.update("res-id", state(props), rotated).outs["credentials"] == rotated["credentials"]
+    assert outputs(provider.update("res-id", state(props), rotated))["credentials"] == rotated["credentials"]
     assert installs == [], "credentials are not in the scripts (they go on stdin)"
 
 
@@ -291,23 +296,23 @@ def test_read_returns_only_what_is_off_and_fails_on_an_answer_without_a_verdict_
         sent.append((script, stdin))
         return answer
 
-    monkeypatch.setattr(drift, "run_on_node", fake_run)
+    monkeypatch.setattr(scripts_resource, "run_on_node", fake_run)
     answer = answers["in sync"]
-    read = NodeScriptsProvider().read("id", olds).outs
+    read = outputs(NodeScriptsProvider().read("id", olds))
     assert read["observed"] == {} and read["repairs"] == {"trust": 1} and read["connection"] == props["connection"]
     assert sent == [(reader_script(olds["scripts_dir"], olds["digests"]), props["credentials"])], \
         "one session: the reader, with the credentials on stdin"
     answer = answers["hosts off"]
-    assert NodeScriptsProvider().read("id", olds).outs["observed"] == {"hosts": "drift: /etc/hosts has no managed line"}
+    assert outputs(NodeScriptsProvider().read("id", olds))["observed"] == {"hosts": "drift: /etc/hosts has no managed line"}
     for nonsense in ("", "trust in-sync\nhosts in-sync\nk3s in-sync\n", answers["in sync"] + "trust in-sync\n",
                      answers["in sync"].replace("hosts in-sync", "hosts fine"), "Welcome!\n" + answers["in sync"]):
         answer = nonsense
-        with pytest.raises(drift.ProbeError, match="gave no verdict per step"):
+        with pytest.raises(ssh.ProbeError, match="gave no verdict per step"):
             NodeScriptsProvider().read("id", olds)
 
 
 def test_the_command_text_changes_with_each_repair_and_not_before():
-    assert with_repairs is node_plan.with_repairs
+    assert with_repairs is with_repairs
     assert with_repairs("sh -c 'x'", 0) == "sh -c 'x'"
     assert with_repairs("sh -c 'x'", None) == "sh -c 'x'"
     assert with_repairs("sh -c 'x'", 1.0) == "sh -c 'x'\n# repair 1"
@@ -316,7 +321,7 @@ def test_the_command_text_changes_with_each_repair_and_not_before():
 
 def test_a_trailing_repair_comment_keeps_the_commands_exit_status():
     for status in (0, 3):
-        run = subprocess.run(["sh", "-c", with_repairs(f"sh -c 'exit {status}'", 4)])
+        run = subprocess.run(["sh", "-c", with_repairs(f"sh -c 'exit {status}'", 4)], check=False)
         assert run.returncode == status
 
 
@@ -334,7 +339,8 @@ def test_the_provider_round_trips_through_dill_and_works_in_a_fresh_process(prop
         "outs = provider.update('id', olds, news).outs\n"
         "print(provider.diff('id', olds, news).changes, json.dumps(outs['repairs'], sort_keys=True))\n"
     )
-    run = subprocess.run([sys.executable, "-c", program], input=encoded.encode(), capture_output=True, cwd=PROJECT_DIR)
+    run = subprocess.run([sys.executable, "-c", program], input=encoded.encode(), capture_output=True, cwd=PROJECT_DIR,
+                         check=False)
     assert run.returncode == 0, run.stderr.decode()
     assert run.stdout.decode().split(" ", 1) == ["True", '{"hosts": 1, "trust": 1}\n']
 
@@ -348,7 +354,8 @@ def test_serialization_is_deterministic_so_the_provider_never_shows_as_a_diff(sc
 def test_the_declared_provider_loads_in_a_fresh_process(scripts):
     encoded = scripts.inputs["__provider"]
     program = "import base64, sys, dill\nprint(type(dill.loads(base64.b64decode(sys.stdin.read()))).__name__)\n"
-    run = subprocess.run([sys.executable, "-c", program], input=encoded.encode(), capture_output=True, cwd=PROJECT_DIR)
+    run = subprocess.run([sys.executable, "-c", program], input=encoded.encode(), capture_output=True, cwd=PROJECT_DIR,
+                         check=False)
     assert run.returncode == 0, run.stderr.decode()
     assert run.stdout.decode().strip() == "NodeScriptsProvider"
 
@@ -390,8 +397,8 @@ def test_without_auth_the_resource_has_no_credentials(props):
 
 
 def test_a_bad_private_key_is_refused_with_a_message_and_not_echoed():
-    with pytest.raises(drift.ProbeError) as failure:
-        drift.load_private_key("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA-secret-bits\n-----END OPENSSH PRIVATE KEY-----\n")
+    with pytest.raises(ssh.ProbeError) as failure:
+        ssh.load_private_key("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA-secret-bits\n-----END OPENSSH PRIVATE KEY-----\n")
     assert "secret-bits" not in str(failure.value)
 
 

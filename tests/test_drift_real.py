@@ -14,17 +14,33 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import dill
 import pytest
 import yaml
 
-from components.drift import NodeScriptsProvider, ProbeError
-from components.node_plan import reader_script
-from components.nodes import instance_id_for
+from components.node.nodes import instance_id_for
+from components.node.runner import reader_script
+from components.node.scripts_resource import NodeScriptsProvider, ProbeError
+
 from harness import PROJECT, Evaluation, evaluate
-from nodebed import (NodeSpec, declared_plan, file_times, free_addresses, node_steps, provider_props, refresh_scripts, run_phase,
-                     run_step, running_nodes, scripts_outputs, scripts_resource, write_scripts)
+from nodebed import (
+    NodeSpec,
+    declared_plan,
+    file_times,
+    free_addresses,
+    node_steps,
+    outs,
+    provider_props,
+    refresh_scripts,
+    run_phase,
+    run_step,
+    running_nodes,
+    scripts_outputs,
+    scripts_resource,
+    write_scripts,
+)
 from testbed.sshnodes import DEFAULT_MANAGED_PATHS, DEPLOY_HOME, start_node
 
 HOSTNAME = "registry.drift.test"
@@ -42,7 +58,7 @@ NO_PYYAML_PYTHON = "/usr/local/sbin/python3"  # ahead of /usr/bin in root's PATH
 CANDIDATE_IPS = [f"127.0.0.{n}" for n in range(51, 60)]  # this file's range; other tests use other ones
 
 _IPS = free_addresses(CANDIDATE_IPS, 3)
-NODES = {
+NODES: dict[str, dict[str, Any]] = {
     "drift01": {"ip": _IPS[0], "role": "server", "user": "root", "init": "systemd"},
     "drift02": {"ip": _IPS[1], "role": "agent", "user": "deploy", "init": "openrc"},
 }
@@ -360,7 +376,7 @@ def test_a_deleted_scripts_dir_is_seen_and_the_update_puts_the_scripts_back(
 
     observed = refresh(declared, node, client_key)
     assert observed == {
-        **{step: "drift: the scripts of this step on the node are missing or changed" for step in OBSERVED},
+        **dict.fromkeys(OBSERVED, "drift: the scripts of this step on the node are missing or changed"),
         "scripts": "drift: missing or changed on the node: trust, hosts, k3s, restart",
     }
     sessions_before = sessions(node)
@@ -421,8 +437,8 @@ def test_the_k3s_steps_credentials_are_checked_from_stdin_never_from_the_text(de
 
     def observe(credentials) -> dict:
         props = {**with_key(current, resource, client_key), "credentials": credentials}
-        return NodeScriptsProvider().read("id", {key: value for key, value in props.items() if value is not None}
-                                          ).outs["observed"]
+        return outs(NodeScriptsProvider().read("id", {key: value for key, value in props.items() if value is not None})
+                    )["observed"]
 
     assert observe(credentials) == {}
     other = observe(json.dumps({"username": json.loads(credentials)["username"], "password": "not-it"}))
@@ -482,7 +498,7 @@ def test_a_pinned_host_key_rejects_another_server(declared, cluster, applied, cl
     current = state(declared, cluster["drift01"])
     assert current["connection"]["host_key"] == cluster["drift01"].host_public_key
     props = with_key(current, scripts_resource(declared, "drift01"), client_key)
-    assert NodeScriptsProvider().read("id", props).outs["observed"] == {}
+    assert outs(NodeScriptsProvider().read("id", props))["observed"] == {}
     props["connection"] = {**props["connection"], "host_key": cluster["drift02"].host_public_key}
     with pytest.raises(ProbeError, match="BadHostKey"):
         NodeScriptsProvider().read("id", props)

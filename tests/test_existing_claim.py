@@ -18,8 +18,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from test_migration_registry_real import GUIDE_CLAIM, GUIDE_DEPLOYMENT
 
-from components.cluster import DATA_MOUNT_PATH
+from components.cluster.naming import DATA_MOUNT_PATH
+
 from harness import GUIDE_CONFIG, Evaluation, evaluate
 from manifests import kubernetes_manifests
 from test_manifest_scan import (
@@ -33,7 +35,6 @@ from test_manifest_scan import (
     write_manifests,
 )
 from test_manifests_schema import KUBERNETES_VERSIONS
-from test_migration_registry_real import GUIDE_CLAIM, GUIDE_DEPLOYMENT
 from testbed.registry import REGISTRY_IMAGE_DEFAULT_CONFIG
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"

@@ -54,14 +54,18 @@ from unittest import mock
 
 import pytest
 
+from components.node import ssh
+from components.node.plan import NodePlan
+from components.node.runner import SCRIPTS, installer_script
+from components.node.scripts_resource import NodeScriptsProvider, outputs_of
+from components.node.scripts_resource import install as install_scripts
+from components.node.ssh import ProbeError
+from components.node.steps import ACTIONS
+
 from harness import evaluate
 from interrupt import Interrupter, Run, restore_state, save_state
-from nodebed import declared_plan, node_steps, provider_props, scripts_resource, write_scripts
+from nodebed import declared_plan, node_steps, outs, provider_props, scripts_resource, write_scripts
 from testbed.sshnodes import DEFAULT_MANAGED_PATHS, TestNode, start_node
-
-from components import drift
-from components.drift import NodeScriptsProvider, outputs_of
-from components.node_plan import ACTIONS, SCRIPTS, NodePlan, installer_script
 
 HOSTNAME = "registry.cube.test"
 REGISTRY_IP = "127.0.0.203"
@@ -257,7 +261,9 @@ def hosts(client_key, declared):
         try:
             node.remove("/etc/ca-certificates/update.d/jks-keystore")
             base_bundle = work / "base-bundle.crt"
-            base_bundle.write_bytes(node.read_file(BUNDLE))
+            bundle = node.read_file(BUNDLE)
+            assert bundle is not None, BUNDLE
+            base_bundle.write_bytes(bundle)
             interrupter = Interrupter(node, work / "interrupt",
                                       {"update-ca-certificates": stand_in_update_ca_certificates(base_bundle)})
             if name == SCRIPTS_OF:
@@ -278,7 +284,7 @@ def hosts(client_key, declared):
             for future in futures:
                 try:
                     started.append(future.result())
-                except Exception:  # noqa: BLE001 stop the others, then fail
+                except Exception:
                     for other in futures:
                         if other.exception() is None:
                             other.result().node.stop()
@@ -350,8 +356,8 @@ def prepare_installer(host: Host, scenario: Scenario, declared, client_key) -> I
     else:
         present = {**news, "plan": older_plan(news["plan"])}
         assert outputs_of(present, {})["digests"] != outputs_of(news, {})["digests"]
-        drift.install(present, resource_id)  # the provider's own writer
-    refreshed = NodeScriptsProvider().read(resource_id, {**outputs_of(present, {}), "connection": news["connection"]}).outs
+        install_scripts(present, resource_id)  # the provider's own writer
+    refreshed = outs(NodeScriptsProvider().read(resource_id, {**outputs_of(present, {}), "connection": news["connection"]}))
     if scenario.phase == "install":
         assert SCRIPTS in refreshed["observed"], refreshed["observed"]
     else:
@@ -383,8 +389,8 @@ def provider_session(props: dict[str, Any], resource_id: str) -> tuple[str, str]
         sessions.append((command, stdin))
         return 0, b"", b""
 
-    with mock.patch.object(drift, "ssh_exec", capture):
-        drift.install(props, resource_id)
+    with mock.patch.object(ssh, "ssh_exec", capture):
+        install_scripts(props, resource_id)
     assert len(sessions) == 1, sessions
     return sessions[0]
 
@@ -398,7 +404,7 @@ def install_again(host: Host, installer: Installer) -> Run:
     news = on_host(installer.news, host)
     try:
         NodeScriptsProvider().update(installer.resource_id, {**installer.state, "connection": news["connection"]}, news)
-    except drift.ProbeError as error:
+    except ProbeError as error:
         return Run(False, 1, "", str(error), [])
     return Run(False, 0, "", "", [])
 
@@ -406,8 +412,8 @@ def install_again(host: Host, installer: Installer) -> Run:
 def read_node(host: Host, installer: Installer) -> dict[str, str]:
     """What the provider's reader finds off on the node, by step (``scripts``: the directory)."""
     news = on_host(installer.news, host)
-    return NodeScriptsProvider().read(installer.resource_id, {**outputs_of(news, {}), "connection": news["connection"]}
-                                      ).outs["observed"]
+    return outs(NodeScriptsProvider().read(installer.resource_id, {**outputs_of(news, {}), "connection": news["connection"]})
+                )["observed"]
 
 
 # ----------------------------------------------------------------------------- one case
@@ -496,7 +502,7 @@ def run_case(host: Host, scenario: Scenario, ref: Reference, k: int, when: str, 
     with _RERUN_LOCK:
         verdict = _RERUNS.get(key)
         mine = verdict is None
-        if mine:
+        if verdict is None:
             verdict = _RERUNS[key] = Verdict()
     if not mine:
         assert verdict.done.wait(600) and verdict.diverged is not None, "the re-run of the same node failed"
@@ -576,7 +582,8 @@ def sweep(scenario: Scenario, hosts: list[Host], declared, client_key) -> tuple[
         def one(point):
             host = free.get()
             try:
-                return run_case(host, scenario, ref, *point, declared, client_key)
+                k, when = point
+                return run_case(host, scenario, ref, k, when, declared, client_key)
             finally:
                 free.put(host)
 
@@ -644,7 +651,9 @@ def test_rerunning_a_killed_step_converges_and_loses_nothing(swept, scenario):
 STEP_PATHS = {"trust": ("/usr/local/share/ca-certificates",), "hosts": ("/etc/hosts",),
               "k3s": ("/etc/rancher", "/var/lib/k3s-registry")}
 # The restart's delete gives registries.yaml back and leaves the rest to the k3s step's delete.
-UNDONE_BY_ITS_OWN_DELETE = [(c, d) for c, d in zip(STEP_SCENARIOS[0::2], STEP_SCENARIOS[1::2]) if c.step in STEP_PATHS]
+UNDONE_BY_ITS_OWN_DELETE = [
+    (c, d) for c, d in zip(STEP_SCENARIOS[0::2], STEP_SCENARIOS[1::2], strict=True) if c.step in STEP_PATHS
+]
 
 
 @pytest.mark.parametrize("create,delete", UNDONE_BY_ITS_OWN_DELETE, ids=lambda s: s.id)

@@ -4,7 +4,7 @@ checkov lives in its own virtualenv (``venv-scan/``, from requirements-scan.txt,
 ./scripts/test): its pins conflict with pulumi's. It runs offline (``--skip-download`` and
 ``BC_SKIP_MAPPING=TRUE``; without them it calls a web API and prints no report). A check that
 does not fit this program is skipped only by an annotation on the resource that carries the
-reason (``checkov.io/skipN: CKV_K8S_xx=<reason>``, see components/cluster.py).
+reason (``checkov.io/skipN: CKV_K8S_xx=<reason>``, see components/cluster/naming.py).
 
 The namespace enforces the "restricted" Pod Security Standard, so the pod template is also
 checked against that profile's rules here: checkov knows nothing of Pod Security Admission.
@@ -52,7 +52,7 @@ KINDS_WITHOUT_CHECKS = {"namespace", "persistentvolumeclaim", "networkpolicy"}
 CKV2_K8S_6, a check on the pod); every other manifest must get checks."""
 
 ALLOWED_SKIPS = {"CKV_K8S_43", "CKV_K8S_15", "CKV_K8S_35"}
-"""Every exception is a reviewed change: its reason is in components/cluster.py, its id here."""
+"""Every exception is a reviewed change: its reason is in components/cluster/naming.py, its id here."""
 
 
 def _checkov() -> Path:

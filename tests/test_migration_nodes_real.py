@@ -11,11 +11,13 @@ destroy afterwards does not put them back. Real sshd hosts, the real registry, c
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 import yaml
 
-from components.node_scripts import signature_line
+from components.node.steps.trust import signature_line
+
 from harness import evaluate
 from nodebed import NodeSpec, declared_plan, run_phase, running_nodes
 from pod import registry_pod
@@ -51,7 +53,7 @@ configs:
 
 GUIDE = self_signed_cert(HOSTNAME, dns_names=[HOSTNAME, "*.guide.test"], ip_addresses=[REGISTRY_IP])
 UNRELATED = self_signed_cert("ca.corp.test")  # the admin's own CA: stays
-NODES = {
+NODES: dict[str, dict[str, Any]] = {
     # A node exactly as the guide left it, with one more CA of the admin's own.
     "guided01": {"ip": "127.0.0.91", "files": {GUIDE_CERT: GUIDE.cert_pem, GUIDE_KEY: GUIDE.key_pem,
                                               f"{ANCHORS}/corp-root.crt": UNRELATED.cert_pem,

@@ -1,4 +1,4 @@
-"""components/node_plan.py: a node's scripts, shipped once, and the short lines that run them.
+"""components/node/plan.py and runner.py: a node's scripts, shipped once, and the short lines that run them.
 
 As text (POSIX sh, shellcheck-clean), as a resource input (the plan, round-tripped through the
 wire), as command lines (digest, sudo, repair count), and on a real test host: the digests the
@@ -15,18 +15,40 @@ import subprocess
 import pytest
 from google.protobuf import json_format, struct_pb2
 
-from components import drift
-from components.drift import NodeScriptsProvider
-from components.drift_probes import IN_SYNC
-from components.node_plan import (
-    ACTIONS, OBSERVED_STEPS, RUNNER, SCRIPTS, STEPS, NodePlan, command_line, command_texts, installer_script,
-    parse_observations, reader_script, remover_script, runner_script,
+from components.node import ssh
+from components.node.k3s_service import DEFAULT_RESTART_TIMEOUT
+from components.node.plan import NodePlan
+from components.node.runner import (
+    RUNNER,
+    SCRIPTS,
+    command_line,
+    command_texts,
+    installer_script,
+    parse_observations,
+    reader_script,
+    remover_script,
+    runner_script,
 )
-from components.node_scripts import DEFAULT_RESTART_TIMEOUT, STATE_ROOT
+from components.node.scripts_resource import NodeScriptsProvider
+from components.node.shell import IN_SYNC
+from components.node.steps import ACTIONS, OBSERVED_STEPS, STEPS
+from components.node.target import STATE_ROOT
+
 from harness import GUIDE_CONFIG, evaluate
 from nodebed import (
-    NodeSpec, declared_plan, free_addresses, node_steps, plan_of, provider_props, refresh_scripts, run_phase, run_step,
-    running_nodes, scripts_outputs, scripts_resource, write_scripts,
+    NodeSpec,
+    declared_plan,
+    free_addresses,
+    node_steps,
+    plan_of,
+    provider_props,
+    refresh_scripts,
+    run_phase,
+    run_step,
+    running_nodes,
+    scripts_outputs,
+    scripts_resource,
+    write_scripts,
 )
 
 NODES = [
@@ -91,7 +113,7 @@ def test_the_plans_differ_where_their_settings_do(plans):
 
 
 def test_every_script_is_shellcheck_clean_posix_sh_that_stops_at_the_first_error(plans):
-    checked = {}
+    checked: dict[str, str] = {}
     for label, plan in plans.items():
         for name, script in every_script(plan).items():
             checked.setdefault(script, f"{label}: {name}")
@@ -99,7 +121,7 @@ def test_every_script_is_shellcheck_clean_posix_sh_that_stops_at_the_first_error
     for script, name in checked.items():
         assert script.startswith("set -eu\n"), name
         result = subprocess.run(["shellcheck", "--shell=sh", "--severity=style", "-"], input=script.encode(),
-                                capture_output=True)
+                                capture_output=True, check=False)
         assert result.returncode == 0, f"{name}:\n{result.stdout.decode()}"
 
 
@@ -160,7 +182,7 @@ def test_numbers_from_the_wire_are_whole_numbers_again(plans):
     assert default.restart_timeout_seconds == DEFAULT_RESTART_TIMEOUT
     assert f"timeout={DEFAULT_RESTART_TIMEOUT}\n" in default.scripts()["restart/install"]
     # The connection's port arrives as a double too; the resource id names it as a whole number.
-    assert drift.where({"host": "192.168.0.111", "port": 2222.0, "user": "deploy"}) == "deploy@192.168.0.111:2222"
+    assert ssh.where({"host": "192.168.0.111", "port": 2222.0, "user": "deploy"}) == "deploy@192.168.0.111:2222"
 
 
 def test_caches_arrive_as_lists_or_tuples(plans):
@@ -428,7 +450,7 @@ def test_the_scripts_stay_while_another_resource_wrote_them_and_go_with_their_ow
     assert applied.read_file(f"{directory}/id") == f"{second_id}\n".encode()
 
     # Its own resource's delete removes it; the steps' state beside it stays, and so does its root.
-    said = drift.run_on_node(connection, remover_script(directory, second_id), "remove the scripts")
+    said = ssh.run_on_node(connection, remover_script(directory, second_id), "remove the scripts")
     assert said.strip() == "scripts: removed"
     assert not applied.exists(directory)
     assert applied.exists(STATE_ROOT) and applied.snapshot([STATE_ROOT])

@@ -5,9 +5,11 @@ import subprocess
 import pytest
 import yaml
 
-from components import node_scripts
-from components.node_scripts import NodeTarget, as_command
-from components.registries_edit import EditError, merge, unmerge
+from components.node.shell import as_command
+from components.node.steps import hosts, registries, restart, trust
+from components.node.steps.registries_edit import EditError, merge, unmerge
+from components.node.target import NodeTarget
+
 from harness import GUIDE_CONFIG, evaluate
 from testbed.certs import self_signed_cert
 from testbed.sshexec import ssh_run
@@ -28,29 +30,31 @@ def certificate_pem():
 @pytest.fixture(scope="module")
 def scripts(certificate_pem):
     return {
-        "trust install": node_scripts.trust_install_script(TARGET, certificate_pem),
-        "trust remove": node_scripts.trust_remove_script(TARGET),
-        "hosts install": node_scripts.hosts_install_script(TARGET, "registry.cube.local", "192.168.0.202"),
-        "hosts remove": node_scripts.hosts_remove_script(TARGET),
-        "k3s install": node_scripts.registries_install_script(TARGET, ADDRESS, certificate_pem),
-        "k3s remove": node_scripts.registries_remove_script(TARGET, ADDRESS, restart=True),
-        "restart": node_scripts.restart_script(TARGET, restart=True, timeout_seconds=5),
-        "restart server": node_scripts.restart_script(SERVER, restart=True, timeout_seconds=5),
-        "restart, turned off": node_scripts.restart_script(TARGET, restart=False),
-        "restart remove": node_scripts.restart_remove_script(TARGET, ADDRESS, restart=True, timeout_seconds=5),
+        "trust install": trust.trust_install_script(TARGET, certificate_pem),
+        "trust remove": trust.trust_remove_script(TARGET),
+        "hosts install": hosts.hosts_install_script(TARGET, "registry.cube.local", "192.168.0.202"),
+        "hosts remove": hosts.hosts_remove_script(TARGET),
+        "k3s install": registries.registries_install_script(TARGET, ADDRESS, certificate_pem),
+        "k3s remove": registries.registries_remove_script(TARGET, ADDRESS, restart=True),
+        "restart": restart.restart_script(TARGET, restart=True, timeout_seconds=5),
+        "restart server": restart.restart_script(SERVER, restart=True, timeout_seconds=5),
+        "restart, turned off": restart.restart_script(TARGET, restart=False),
+        "restart remove": restart.restart_remove_script(TARGET, ADDRESS, restart=True, timeout_seconds=5),
     }
 
 
 def test_every_script_is_shellcheck_clean_posix_sh(scripts):
     for name, script in scripts.items():
         result = subprocess.run(
-            ["shellcheck", "--shell=sh", "--severity=style", "-"], input=script.encode(), capture_output=True
+            ["shellcheck", "--shell=sh", "--severity=style", "-"], input=script.encode(), capture_output=True,
+            check=False,
         )
         assert result.returncode == 0, f"{name}:\n{result.stdout.decode()}"
 
 
 def test_shellcheck_would_catch_a_problem():
-    result = subprocess.run(["shellcheck", "--shell=sh", "-"], input=b"set -eu\necho $1 [[ x ]]\n", capture_output=True)
+    result = subprocess.run(["shellcheck", "--shell=sh", "-"], input=b"set -eu\necho $1 [[ x ]]\n", capture_output=True,
+                            check=False)
     assert result.returncode != 0
 
 
@@ -148,8 +152,8 @@ def run(node, script, client_key):
 
 
 def test_an_unsupported_os_fails_naming_the_node_and_the_os(odd_node, client_key, scripts):
-    odd_node.run_local(["sh", "-c", "rm -f /etc/os-release && "
-                        "printf 'ID=alpine\\nPRETTY_NAME=\"Alpine Linux v3.20\"\\n' > /etc/os-release"])
+    odd_node.run_local(["sh", "-c", ("rm -f /etc/os-release && "
+                        "printf 'ID=alpine\\nPRETTY_NAME=\"Alpine Linux v3.20\"\\n' > /etc/os-release")])
     try:
         status, _, stderr = run(odd_node, scripts["trust install"], client_key)
     finally:
@@ -177,9 +181,9 @@ def test_a_restart_lost_to_a_failed_run_happens_on_the_next_run(odd_node, client
     odd_node.clear_restart_log()
     status, stdout, _ = run(odd_node, scripts["k3s install"], client_key)
     assert status == 0 and b"registries.yaml: yes" in stdout
-    odd_node.run_local(["sh", "-c", "mv /usr/local/sbin/systemctl /usr/local/sbin/systemctl.real && "
+    odd_node.run_local(["sh", "-c", ("mv /usr/local/sbin/systemctl /usr/local/sbin/systemctl.real && "
                         "printf '#!/bin/sh\\n[ \"$1\" = is-active ] && exit 0\\nexit 1\\n' > /usr/local/sbin/systemctl && "
-                        "chmod +x /usr/local/sbin/systemctl"])
+                        "chmod +x /usr/local/sbin/systemctl")])
     try:
         status, _, stderr = run(odd_node, scripts["restart"], client_key)
     finally:
@@ -228,7 +232,7 @@ def test_a_k3s_stopped_by_its_administrator_is_not_started(odd_node, client_key,
 
 def test_a_server_waits_until_the_unit_is_back_and_the_api_answers(odd_node, client_key, scripts):
     server_scripts = {
-        "k3s install": node_scripts.registries_install_script(SERVER, ADDRESS, scripts_pem(scripts)),
+        "k3s install": registries.registries_install_script(SERVER, ADDRESS, scripts_pem(scripts)),
         "restart": scripts["restart server"],
     }
     odd_node.set_restart_seconds(1.5)
@@ -241,8 +245,8 @@ def test_a_server_waits_until_the_unit_is_back_and_the_api_answers(odd_node, cli
     events = [(unit, event) for _, unit, event in odd_node.timeline()]
     assert events[-2:] == [("k3s", "down"), ("k3s", "up")]
     assert b"k3s restarted, back after about" in stdout
-    run(odd_node, node_scripts.restart_remove_script(SERVER, ADDRESS, restart=False), client_key)
-    run(odd_node, node_scripts.registries_remove_script(SERVER, ADDRESS, restart=False), client_key)
+    run(odd_node, restart.restart_remove_script(SERVER, ADDRESS, restart=False), client_key)
+    run(odd_node, registries.registries_remove_script(SERVER, ADDRESS, restart=False), client_key)
 
 
 def scripts_pem(scripts) -> str:
@@ -276,7 +280,7 @@ def test_merging_again_changes_nothing_and_a_dropped_cache_leaves_exactly_its_en
 
 def test_a_mirror_of_the_same_upstream_that_we_did_not_write_is_a_conflict_named_not_overwritten():
     theirs = "mirrors:\n  docker.io:\n    endpoint: [https://mirror.lab.test]\n"
-    with pytest.raises(EditError, match="already has a mirror for docker.io that this program did not write"):
+    with pytest.raises(EditError, match=r"already has a mirror for docker\.io that this program did not write"):
         merge(theirs, ADDRESS, "/ca.crt", None, AUTH, CACHES)
 
 
@@ -299,11 +303,11 @@ def test_the_trust_store_is_rebuilt_from_scratch_only_when_a_certificate_leaves_
     wrapper = (f"#!/bin/sh\nprintf '%s\\n' \"$*\" >> {calls}\n"
                "exec /run/update-ca-certificates.real \"$@\"\n")
     odd_node.write_file("/run/update-ca-certificates.wrapper", wrapper.encode())
-    setup = odd_node.run_local(["sh", "-c", "cp /usr/sbin/update-ca-certificates /run/update-ca-certificates.real && "
+    setup = odd_node.run_local(["sh", "-c", ("cp /usr/sbin/update-ca-certificates /run/update-ca-certificates.real && "
                                 f"chmod +x /run/update-ca-certificates.wrapper && : > {calls} && "
-                                "mount --bind /run/update-ca-certificates.wrapper /usr/sbin/update-ca-certificates"])
+                                "mount --bind /run/update-ca-certificates.wrapper /usr/sbin/update-ca-certificates")])
     assert setup.returncode == 0, setup.stderr
-    rotated = node_scripts.trust_install_script(TARGET, self_signed_cert("registry.rotated.test").cert_pem.decode())
+    rotated = trust.trust_install_script(TARGET, self_signed_cert("registry.rotated.test").cert_pem.decode())
     anchor = "/usr/local/share/ca-certificates/k3s-registry-k3s-registry-dev.crt"
 
     def step(script: str) -> list[str]:
@@ -330,7 +334,7 @@ def test_the_trust_store_is_rebuilt_from_scratch_only_when_a_certificate_leaves_
 def test_a_rotation_cut_short_before_the_rebuild_still_rebuilds_from_scratch(odd_node, client_key, scripts):
     """The rewrite of our certificate is recorded first: the next run knows a certificate left."""
     run(odd_node, scripts["trust install"], client_key)
-    rotated = node_scripts.trust_install_script(TARGET, self_signed_cert("registry.rotated.test").cert_pem.decode())
+    rotated = trust.trust_install_script(TARGET, self_signed_cert("registry.rotated.test").cert_pem.decode())
     cut_short = rotated.replace("  if [ -e \"$replacing\" ]", "  exit 7\n  if [ -e \"$replacing\" ]", 1)
     assert cut_short != rotated
     assert run(odd_node, cut_short, client_key)[0] == 7

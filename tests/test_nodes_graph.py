@@ -10,7 +10,9 @@ import json
 import pytest
 
 from components.config import ConfigError, parse_settings
-from components.node_plan import OBSERVED_STEPS, scripts_dir
+from components.node.plan import scripts_dir
+from components.node.steps import OBSERVED_STEPS
+
 from harness import GUIDE_CONFIG, evaluate, is_secret_marker
 from nodebed import declared_plan
 

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from components.config import KNOWN_KEYS
+
 from harness import NODE_SCRIPTS
 from pulumi_real import PROJECT_DIR, RealStack
 

@@ -18,19 +18,19 @@ from __future__ import annotations
 
 import json
 import re
-
-import pytest
-import yaml
+from typing import Any
 
 import kubernetes_validate
+import pytest
+import yaml
 
 from harness import NODE_SCRIPTS
 from nodebed import NodeSpec, file_times, free_addresses, running_nodes
 from pod import start_registry_pod
 from pulumi_real import PROVIDERS, RENDER_MODE_WARNINGS, RealStack, pins
-from testbed.oci import build_oci_layout, skopeo_copy
 from test_manifest_scan import ALLOWED_SKIPS, checks, scan
 from test_manifests_schema import KUBERNETES_VERSIONS
+from testbed.oci import build_oci_layout, skopeo_copy
 from testbed.sshnodes import DEFAULT_MANAGED_PATHS
 
 HOSTNAME = "registry.cube.test"
@@ -46,7 +46,7 @@ mirrors:
       - "https://mirror.cube.test:5000"
 """
 NODE_ADDRESSES = [f"127.0.0.{last}" for last in range(61, 65)]
-NODES = {
+NODES: dict[str, dict[str, Any]] = {
     "server01": {"role": "server", "user": "root", "init": "systemd",
                  "hosts": b"127.0.0.1\tlocalhost\n127.0.1.1\tserver01\n", "files": {}},
     "server02": {"role": "server", "user": "deploy", "init": "openrc",
@@ -63,7 +63,7 @@ UNIT = {("server", "systemd"): "restart k3s", ("agent", "systemd"): "restart k3s
 
 @pytest.fixture(scope="module")
 def addresses():
-    return dict(zip([*NODES, "outsider"], free_addresses(NODE_ADDRESSES, len(NODES) + 1)))
+    return dict(zip([*NODES, "outsider"], free_addresses(NODE_ADDRESSES, len(NODES) + 1), strict=True))
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +181,7 @@ def anchors(node):
 def changes_of(run):
     """The resources a preview or an update would change or did change, as `(op, type, name)`:
     the CLI's lines that end in a step's verdict, not its progress lines (refreshing, creating...)."""
-    found = re.findall(r"^\s*([+~-]|\+-|-\+)\s+(\S+:\S+:\S+)\s+(\S+)\s+(\S+)", run.stdout, flags=re.M)
+    found = re.findall(r"^\s*([+~-]|\+-|-\+)\s+(\S+:\S+:\S+)\s+(\S+)\s+(\S+)", run.stdout, flags=re.MULTILINE)
     return [(op, type_, name) for op, type_, name, status in found
             if not status.endswith("ing") and status != "refresh"]
 
@@ -274,7 +274,7 @@ def test_the_servers_restart_one_at_a_time(first_up, cluster):
         up = [t for t, _, event in events if event == "up"]
         assert len(down) == len(up) == 1, (name, events)
         intervals.append((down[0], up[0]))
-    (first_down, first_up_again), (second_down, second_up_again) = sorted(intervals)
+    (_first_down, first_up_again), (second_down, _second_up_again) = sorted(intervals)
     assert first_up_again <= second_down, f"both servers were down at once: {intervals}"
 
 

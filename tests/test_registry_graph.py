@@ -100,7 +100,8 @@ def test_issued_certificate_matches_the_service_address(guide):
     assert certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "registry.cube.local"
     usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert ExtendedKeyUsageOID.SERVER_AUTH in usages
-    assert isinstance(certificate.public_key(), rsa.RSAPublicKey) and certificate.public_key().key_size == 4096
+    public_key = certificate.public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey) and public_key.key_size == 4096
 
 
 def test_validity_follows_config():
@@ -247,12 +248,13 @@ def test_two_instances_of_the_component_do_not_collide():
     import pulumi
 
     from components.config import parse_settings
+
     from harness import run_function
 
     settings = parse_settings({"hostname": "registry.cube.local", "loadBalancerIp": "192.168.0.202"})
 
     def program():
-        from components.registry import Registry
+        from components.cluster.registry import Registry
 
         Registry("blue", settings.registry)
         Registry("green", settings.registry, pulumi.ResourceOptions())

@@ -65,12 +65,14 @@ def https_get(
         f"GET {path} HTTP/1.1\r\nHost: {server_hostname}:5000\r\nAccept: {accept}\r\n{authorization}"
         "Connection: close\r\n\r\n"
     )
-    with socket.create_connection((REGISTRY_IP, 5000), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=server_hostname) as tls:
-            tls.sendall(request.encode())
-            response = b""
-            while chunk := tls.recv(65536):
-                response += chunk
+    with (
+        socket.create_connection((REGISTRY_IP, 5000), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=server_hostname) as tls,
+    ):
+        tls.sendall(request.encode())
+        response = b""
+        while chunk := tls.recv(65536):
+            response += chunk
     head, _, body = response.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
 
@@ -125,7 +127,7 @@ def test_a_name_outside_the_certificate_is_refused(registry, ca_pem):
 
 
 def test_a_client_that_does_not_trust_the_certificate_is_refused(registry):
-    with pytest.raises(ssl.SSLCertVerificationError, match="self.signed|unable to get local issuer"):
+    with pytest.raises(ssl.SSLCertVerificationError, match=r"self.signed|unable to get local issuer"):
         https_get("/", ssl.create_default_context())
 
 

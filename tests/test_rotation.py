@@ -6,11 +6,12 @@ import ssl
 import pytest
 from cryptography import x509
 
-from components.rotation import EPOCH, next_renewal, rotation_number
+from components.cluster.rotation import EPOCH, next_renewal, rotation_number
+
 from harness import evaluate
 from pod import start_registry_pod
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 HOSTNAME = "registry.cube.test"
 REGISTRY_IP = "127.0.0.205"
 NODES = [{"name": "cube01", "host": "127.0.0.11", "role": "agent"}]
@@ -90,9 +91,11 @@ def handshake(ca_pem):
     context.load_verify_locations(cadata=ca_pem)
     import socket
 
-    with socket.create_connection((REGISTRY_IP, 5000), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=HOSTNAME) as tls:
-            return tls.getpeercert(binary_form=True)
+    with (
+        socket.create_connection((REGISTRY_IP, 5000), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=HOSTNAME) as tls,
+    ):
+        return tls.getpeercert(binary_form=True)
 
 
 def test_a_client_trusting_only_the_ca_accepts_the_old_and_the_new_certificate(tmp_path):

@@ -10,8 +10,9 @@ that looks like a private key or a bcrypt hash may appear.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -52,8 +53,8 @@ class Leak:
 def pieces_of(name: str, secret: str) -> dict[str, str]:
     """The secret and every distinctive piece of it, each labelled for the report."""
     pieces = {secret: name}
-    for number, line in enumerate(secret.splitlines(), 1):
-        line = line.strip()
+    for number, raw_line in enumerate(secret.splitlines(), 1):
+        line = raw_line.strip()
         if len(line) >= MIN_PIECE and not line.startswith("-----"):
             pieces.setdefault(line, f"{name} (line {number})")
     for part in secret.split("$"):

@@ -14,6 +14,8 @@ same CLI, providers and venv on the same stack; then the stack's program is this
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import tarfile
 from io import BytesIO
@@ -24,6 +26,7 @@ from nodebed import NodeSpec, free_addresses, running_nodes
 from pulumi_real import PROJECT_DIR, RealStack
 
 PREVIOUS_RELEASE = "e734ff7"  # the last commit with the scripts in the command texts
+FLAT_LAYOUT = "38fef85"  # the last commit with every module in one components/ folder
 OLD_OBSERVATION = "pulumi-python:dynamic/k3s-registry:NodeStepObservation"
 NEW_SCRIPTS = "pulumi-python:dynamic/k3s-registry:NodeScripts"
 HOSTNAME = "registry.upgrade.test"
@@ -36,10 +39,10 @@ ANCHOR = f"/usr/local/share/ca-certificates/k3s-registry-k3s-registry-{STACK}.cr
 REGISTRIES = "/etc/rancher/k3s/registries.yaml"
 
 
-def previous_release_tree(tmp_path):
-    archive = subprocess.run(["git", "-C", str(PROJECT_DIR), "archive", PREVIOUS_RELEASE], capture_output=True)
-    assert archive.returncode == 0, f"the clone must have the previous release's commit: {archive.stderr.decode()}"
-    tree = tmp_path / "previous"
+def previous_release_tree(tmp_path, commit=PREVIOUS_RELEASE):
+    archive = subprocess.run(["git", "-C", str(PROJECT_DIR), "archive", commit], capture_output=True, check=False)
+    assert archive.returncode == 0, f"the clone must have the commit {commit}: {archive.stderr.decode()}"
+    tree = tmp_path / f"release-{commit}"
     with tarfile.open(fileobj=BytesIO(archive.stdout)) as bundle:
         bundle.extractall(tree, filter="data")
     return tree
@@ -53,7 +56,7 @@ def snapshot(node) -> dict[str, bytes]:
 def cluster(client_key, tmp_path_factory):
     ips = free_addresses(CANDIDATE_IPS, 2)
     specs = [NodeSpec("control01", ips[0], HOSTS), NodeSpec("cube01", ips[1], HOSTS)]
-    with running_nodes(specs, client_key, lambda name: tmp_path_factory.mktemp(name)) as nodes:
+    with running_nodes(specs, client_key, tmp_path_factory.mktemp) as nodes:
         for node in nodes.values():
             assert node.run_local(["update-ca-certificates", "--fresh"]).returncode == 0
         yield nodes
@@ -63,16 +66,20 @@ def types_of(stack):
     return {resource["type"] for resource in stack.resources()}
 
 
-def test_an_upgrade_from_the_previous_release_keeps_every_node_configured(cluster, client_key, kube_api, tmp_path):
-    before = {name: snapshot(node) for name, node in cluster.items()}
-    stack = RealStack(tmp_path / "stack", STACK, kubeconfig=kube_api.kubeconfig_path,
-                      render_dir=tmp_path / "rendered", source=previous_release_tree(tmp_path))
+def configure(stack, cluster, client_key):
     stack.config_set("hostname", HOSTNAME)
     stack.config_set("loadBalancerIp", REGISTRY_IP)
     stack.config_set("k3sRestartTimeout", 10)
     stack.config_set("sshPrivateKey", client_key.private_key_text, secret=True)
     stack.config_set("nodes", [{"name": name, "host": node.ip, "role": "server" if name.startswith("control") else
                                 "agent"} for name, node in cluster.items()])
+
+
+def test_an_upgrade_from_the_previous_release_keeps_every_node_configured(cluster, client_key, kube_api, tmp_path):
+    before = {name: snapshot(node) for name, node in cluster.items()}
+    stack = RealStack(tmp_path / "stack", STACK, kubeconfig=kube_api.kubeconfig_path,
+                      render_dir=tmp_path / "rendered", source=previous_release_tree(tmp_path))
+    configure(stack, cluster, client_key)
     stack.up().check()
     assert OLD_OBSERVATION in types_of(stack), "the previous release observed each step on its own"
     configured = {name: snapshot(node) for name, node in cluster.items()}
@@ -98,6 +105,35 @@ def test_an_upgrade_from_the_previous_release_keeps_every_node_configured(cluste
         # (the new owner, the scripts directory).
         assert all(path.startswith("/var/lib/k3s-registry/") for path in changed), (name, sorted(changed))
     stack.up("--expect-no-changes").check()
+    stack.destroy().check()
+    for name, node in cluster.items():
+        assert snapshot(node) == before[name], name
+
+
+def test_a_stack_made_before_the_layout_change_sees_no_changes(cluster, client_key, kube_api, tmp_path):
+    """The modules moved (components/cluster/, components/node/): no resource, URN, input or
+    node script changed, so a stack made by the flat layout previews and updates with no change.
+    Its refresh loads the NodeScripts provider pickled under the old module name."""
+    before = {name: snapshot(node) for name, node in cluster.items()}
+    stack = RealStack(tmp_path / "stack", STACK, kubeconfig=kube_api.kubeconfig_path,
+                      render_dir=tmp_path / "rendered", source=previous_release_tree(tmp_path, FLAT_LAYOUT))
+    configure(stack, cluster, client_key)
+    stack.config_set("mirrors", [{"upstream": "docker.io"}, {"upstream": "quay.io", "port": 5090}])
+    stack.config_set("migrateFromGuide", True)
+    stack.up().check()
+    made = {r["urn"] for r in stack.resources()}
+    # The SDK keeps the pickled provider as a secret: exported with --show-secrets as {"plaintext": JSON}.
+    pickled = [base64.b64decode(json.loads(r["inputs"]["__provider"]["plaintext"]))
+               for r in stack.resources(show_secrets=True) if r["type"] == NEW_SCRIPTS]
+    assert pickled and all(b"components.drift" in provider for provider in pickled), "the old module name"
+    configured = {name: snapshot(node) for name, node in cluster.items()}
+
+    stack.use_program(PROJECT_DIR)
+    stack.preview("--expect-no-changes").check()
+    stack.up("--expect-no-changes").check()
+    assert {r["urn"] for r in stack.resources()} == made, "no URN changed"
+    for name, node in cluster.items():
+        assert snapshot(node) == configured[name], name
     stack.destroy().check()
     for name, node in cluster.items():
         assert snapshot(node) == before[name], name

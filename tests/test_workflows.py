@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_deploy_script import TESTED, Bed, deployed
 
 from harness import PROJECT_DIR
-from test_deploy_script import TESTED, Bed, deployed
 
 WORKFLOWS_DIR = PROJECT_DIR / ".github" / "workflows"
 # requirements-dev.txt installs both linters into the virtualenv that runs pytest.
@@ -110,7 +110,7 @@ def readme_commands() -> tuple[list[str], list[str]]:
     """The two one-line sh blocks of the README's "The two commands": deploy, then test."""
     readme = (PROJECT_DIR / "README.md").read_text()
     section = readme.split("\n## The two commands\n", 1)[1].split("\n## ", 1)[0]
-    blocks = [block.strip() for block in re.findall(r"```sh\n(.*?)```", section, re.S)]
+    blocks = [block.strip() for block in re.findall(r"```sh\n(.*?)```", section, re.DOTALL)]
     assert len(blocks) == 2 and all("\n" not in block for block in blocks), blocks
     deploy, test = (shlex.split(block) for block in blocks)
     return deploy, test
@@ -356,7 +356,7 @@ def test_the_pull_request_preview_comments_and_runs_for_every_program_or_stack_c
     watched = [
         "__main__.py", "Pulumi.yaml", "requirements.txt", ".pulumi-version", "scripts/deploy",
         ".github/workflows/preview.yml",
-        *(f"components/{path.name}" for path in (PROJECT_DIR / "components").glob("*.py")),
+        *(str(path.relative_to(PROJECT_DIR)) for path in (PROJECT_DIR / "components").rglob("*.py")),
         *(path.name for path in PROJECT_DIR.glob("Pulumi.*.yaml")),
         "Pulumi.prod.yaml",
     ]

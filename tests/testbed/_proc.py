@@ -7,6 +7,7 @@ test that wants the same loopback address and port.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -84,10 +85,8 @@ def pids_in_mount_ns(ns_id: str) -> list[int]:
 
 def _kill(pid: int, sig: int) -> None:
     """Send ``sig`` to ``pid``, ignoring a process that is already gone."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def stop_namespace(proc: subprocess.Popen[bytes], ns_id: str | None, timeout: float = 5.0) -> None:

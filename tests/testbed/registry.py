@@ -245,7 +245,7 @@ def _prepare_volume(workdir: Path, mount_path: str, spec: Volume, uid: int | Non
         path.chmod(0o2775 if gid is not None else 0o755)
         return path
     if isinstance(spec, str):
-        raise ValueError(f"unknown volume kind {spec!r} for {mount_path}")  # noqa: TRY004 - bad value
+        raise ValueError(f"unknown volume kind {spec!r} for {mount_path}")
     return _secret_dir(_fresh_dir(workdir / "secrets" / slug, 0o755), spec, gid)
 
 

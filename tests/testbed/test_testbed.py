@@ -6,6 +6,7 @@ registry on 127.0.0.202:5000; all traffic stays on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -303,10 +304,8 @@ def _all_pids() -> list[int]:
 def _namespaces(pid: int) -> set[str]:
     found = set()
     for kind in ("mnt", "pid"):
-        try:
+        with contextlib.suppress(OSError):
             found.add(os.readlink(f"/proc/{pid}/ns/{kind}"))
-        except OSError:
-            pass
     return found
 
 
@@ -373,7 +372,7 @@ def _describe(pid: int) -> str:
 def test_zz_everything_stops(nodes: list[TestNode], workdir: Path) -> None:
     """Last: stopping leaves nothing of the test hosts behind, not even a zombie (stop is idempotent)."""
     footprints = [Footprint.of(node.proc.pid, node.pid) for node in nodes]
-    assert all(node.pid in fp.processes and fp.namespaces for node, fp in zip(nodes, footprints))
+    assert all(node.pid in fp.processes and fp.namespaces for node, fp in zip(nodes, footprints, strict=True))
     for node in nodes:
         node.stop()
         node.stop()

@@ -61,7 +61,7 @@ class TokenServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 query = parse_qs(url.query)
                 scopes = query.get("scope", [])

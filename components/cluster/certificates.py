@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_tls as tls
 
-from .config import CertificateSettings
+from ..settings import CertificateSettings
 
 HOURS_PER_DAY = 24
 SERVER_USES = ("digital_signature", "key_encipherment", "server_auth")

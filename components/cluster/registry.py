@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import pulumi
 import pulumi_random as random
 
-from . import cluster
+from ..settings import MirrorSettings, RegistrySettings
+from . import deployment, naming, network, objects
 from .certificates import create_registry_certificates
-from .config import MirrorSettings, RegistrySettings
 
 PASSWORD_LENGTH = 32
 
@@ -18,7 +16,7 @@ class Registry(pulumi.ComponentResource):
     """A TLS registry on the cluster: certificates, Secrets, volume, Deployment and Service.
 
     With ``existing_claim`` set, the volume is that claim (not declared, only mounted) and the
-    namespace that holds it is labelled, not owned (see cluster.create_namespace).
+    namespace that holds it is labelled, not owned (see objects.create_namespace).
     """
 
     address: pulumi.Output[str]
@@ -33,23 +31,23 @@ class Registry(pulumi.ComponentResource):
     load_balancer_ip: pulumi.Output[str]
     """The address MetalLB is asked to give the Service."""
 
-    username: Optional[pulumi.Output[str]]
+    username: pulumi.Output[str] | None
     """The registry user, when authentication is on."""
 
-    password: Optional[pulumi.Output[str]]
+    password: pulumi.Output[str] | None
     """The registry user's generated password (secret), when authentication is on."""
 
     mirrors: pulumi.Output[dict[str, str]]
     """upstream -> ``hostname:port`` of its pull-through cache (empty without caches)."""
 
-    def __init__(self, name: str, args: RegistrySettings, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: RegistrySettings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("k3s-registry:index:Registry", name, None, opts)
         settings = args
 
-        namespace = cluster.create_namespace(name, settings, parent=self)
+        namespace = objects.create_namespace(name, settings, parent=self)
         namespace_name = namespace.metadata.name
         certificates = create_registry_certificates(name, settings.certificate, parent=self)
-        tls_secret = cluster.create_tls_secret(
+        tls_secret = objects.create_tls_secret(
             name, namespace_name, certificates.certificate_pem, certificates.private_key_pem, parent=self
         )
         htpasswd_secret_name = None
@@ -66,20 +64,20 @@ class Registry(pulumi.ComponentResource):
             htpasswd = pulumi.Output.secret(password.bcrypt_hash).apply(  # type: ignore[arg-type]  # SDK typing
                 lambda bcrypt_hash: f"{settings.auth.username}:{bcrypt_hash}\n"
             )
-            htpasswd_secret_name = cluster.create_htpasswd_secret(
+            htpasswd_secret_name = objects.create_htpasswd_secret(
                 name, namespace_name, htpasswd, parent=self
             ).metadata.name
         claim_name: pulumi.Input[str]
         if settings.existing_claim is None:
-            claim_name = cluster.create_storage_claim(name, settings, namespace_name, parent=self).metadata.name
+            claim_name = objects.create_storage_claim(name, settings, namespace_name, parent=self).metadata.name
             data_sub_path = None
         else:
             # Mounted, never declared: the program cannot delete or resize it, and `destroy`
             # leaves it with its images. Where the guide's registry kept them: see
-            # cluster.GUIDE_CLAIM_SUB_PATH; fsGroup gives our non-root registry their files.
+            # naming.GUIDE_CLAIM_SUB_PATH; fsGroup gives our non-root registry their files.
             claim_name = settings.existing_claim
-            data_sub_path = cluster.GUIDE_CLAIM_SUB_PATH
-        self.deployment = cluster.create_deployment(
+            data_sub_path = naming.GUIDE_CLAIM_SUB_PATH
+        self.deployment = deployment.create_deployment(
             name,
             settings,
             namespace=namespace_name,
@@ -90,11 +88,11 @@ class Registry(pulumi.ComponentResource):
             parent=self,
             data_sub_path=data_sub_path,
         )
-        self.service = cluster.create_service(name, settings, namespace_name, parent=self)
+        self.service = network.create_service(name, settings, namespace_name, parent=self)
         # k3s on the nodes restarts only once these are in place: a restart takes a server's
         # API away while pulumi-kubernetes creates and awaits them.
         self.workloads: list[pulumi.Resource] = [self.deployment, self.service]
-        cluster.create_network_policy(name, namespace_name, parent=self)
+        network.create_network_policy(name, namespace_name, parent=self)
         for mirror in settings.mirrors:
             self.workloads += self._create_cache(
                 name, settings, mirror, namespace_name, tls_secret.metadata.name,
@@ -128,20 +126,20 @@ class Registry(pulumi.ComponentResource):
         namespace: pulumi.Input[str],
         tls_secret_name: pulumi.Input[str],
         certificate_pem: pulumi.Input[str],
-        htpasswd_secret_name: Optional[pulumi.Input[str]],
+        htpasswd_secret_name: pulumi.Input[str] | None,
     ) -> list[pulumi.Resource]:
         """A pull-through cache of one upstream (distribution's proxy mode takes one each): the
         registry's Deployment with its own name, volume and proxy settings, the same TLS and
         htpasswd Secrets, on its own port of the registry's IP. Returns its workloads."""
-        cache = cluster.cache_name(name, mirror)
-        component = cluster.CACHE_COMPONENT
+        cache = naming.cache_name(name, mirror)
+        component = naming.CACHE_COMPONENT
         upstream_secret_name = None
         if mirror.username is not None:
-            upstream_secret_name = cluster.create_upstream_secret(cache, mirror, namespace, parent=self).metadata.name
-        claim = cluster.create_storage_claim(
+            upstream_secret_name = objects.create_upstream_secret(cache, mirror, namespace, parent=self).metadata.name
+        claim = objects.create_storage_claim(
             cache, settings, namespace, parent=self, storage_size=mirror.storage_size, component=component
         )
-        deployment = cluster.create_deployment(
+        cache_deployment = deployment.create_deployment(
             cache,
             settings,
             namespace=namespace,
@@ -151,11 +149,11 @@ class Registry(pulumi.ComponentResource):
             htpasswd_secret_name=htpasswd_secret_name,
             parent=self,
             component=component,
-            extra_env=cluster.proxy_environment(mirror, upstream_secret_name),
-            extra_scanner_exceptions=[cluster.UPSTREAM_CREDENTIALS_EXCEPTION] if upstream_secret_name else [],
+            extra_env=deployment.proxy_environment(mirror, upstream_secret_name),
+            extra_scanner_exceptions=[naming.UPSTREAM_CREDENTIALS_EXCEPTION] if upstream_secret_name else [],
         )
-        service = cluster.create_service(cache, settings, namespace, parent=self, port=mirror.port, component=component)
-        cluster.create_network_policy(
-            cache, namespace, parent=self, component=component, egress=cluster.cache_egress(mirror)
+        service = network.create_service(cache, settings, namespace, parent=self, port=mirror.port, component=component)
+        network.create_network_policy(
+            cache, namespace, parent=self, component=component, egress=network.cache_egress(mirror)
         )
-        return [deployment, service]
+        return [cache_deployment, service]

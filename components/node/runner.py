@@ -1,8 +1,9 @@
-"""What one node is given: its step scripts, shipped once, and the short command lines that run them.
+"""What runs on the node to carry the steps out: the scripts directory, its runner, and the
+short command lines that call it.
 
-Every step's scripts (components/node_scripts.py, components/drift_probes.py) are rendered
-from a ``NodePlan`` and written to the node by its ``NodeScripts`` resource
-(components/drift.py), in one SSH session, into a directory of their own::
+Every step's scripts (components/node/steps/) are rendered from the node's plan
+(components/node/plan.py) and written to the node by its ``NodeScripts`` resource
+(components/node/scripts_resource.py), in one SSH session, into a directory of their own::
 
     /var/lib/k3s-registry/scripts-<digest of instance and owner>/
         run                     checks a script against the digest it is called with, runs it
@@ -20,131 +21,27 @@ a renamed node's old deletes run their own scripts, which leave what the new own
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from . import drift_probes, node_scripts
-from .node_scripts import PREAMBLE, STATE_ROOT, NodeTarget, q, with_final_newline
+from .shell import DRIFT_PREFIX, IN_SYNC, PREAMBLE, q, with_final_newline
+from .steps import ACTIONS, NODE_STEPS, OBSERVED_STEPS, STEPS
+from .target import STATE_ROOT
 
-STEPS = ("trust", "hosts", "k3s", "restart")
-OBSERVED_STEPS = ("trust", "hosts", "k3s")
-"""The steps a refresh observes (the restart leaves nothing to observe: it applies the k3s step)."""
+if TYPE_CHECKING:
+    from .plan import NodePlan
+
 SCRIPTS = "scripts"
 """The pseudo-step a refresh reports for the scripts directory itself."""
-ACTIONS = {"trust": ("install", "remove", "probe"), "hosts": ("install", "remove", "probe"),
-           "k3s": ("install", "remove", "probe"), "restart": ("install", "remove")}
 RUNNER = "run"
 SHORT_DIGEST = 16
 """Hex digits of a SHA-256 kept in the state and command lines: 64 bits tell versions apart (the
 digests catch changed or stale scripts; whoever can write them is root on the node anyway)."""
 
 
-@dataclass(frozen=True)
-class NodePlan:
-    """Everything a node's scripts are rendered from; no secret (credentials travel on stdin)."""
-
-    node_name: str
-    role: str
-    instance_id: str
-    owner: str
-    certificate_pem: str
-    hostname: str
-    ip_address: str
-    address: str
-    caches: tuple[tuple[str, str], ...] = ()
-    migrate_from_guide: bool = False
-    restart_k3s: bool = True
-    restart_timeout_seconds: int = node_scripts.DEFAULT_RESTART_TIMEOUT
-    _rendered: dict = field(default_factory=dict, init=False, compare=False, repr=False)
-    """The rendered scripts, once asked for: its own per plan (not an init field, so a copy made
-    with dataclasses.replace renders again)."""
-
-    @property
-    def target(self) -> NodeTarget:
-        return NodeTarget(node_name=self.node_name, role=self.role, instance_id=self.instance_id, owner=self.owner)
-
-    @property
-    def scripts_dir(self) -> str:
-        return scripts_dir(self.instance_id, self.owner)
-
-    def to_props(self) -> dict[str, Any]:
-        """The plan as the resource's input (JSON-like); settings at their default are left out,
-        as every byte of it is kept in the state and rewritten with every checkpoint."""
-        props: dict[str, Any] = {
-            "node_name": self.node_name, "role": self.role, "instance_id": self.instance_id, "owner": self.owner,
-            "certificate_pem": self.certificate_pem, "hostname": self.hostname, "ip_address": self.ip_address,
-            "address": self.address,
-        }
-        if self.caches:
-            props["caches"] = [list(cache) for cache in self.caches]
-        if self.migrate_from_guide:
-            props["migrate_from_guide"] = True
-        if not self.restart_k3s:
-            props["restart_k3s"] = False
-        if self.restart_timeout_seconds != node_scripts.DEFAULT_RESTART_TIMEOUT:
-            props["restart_timeout_seconds"] = self.restart_timeout_seconds
-        return props
-
-    @classmethod
-    def from_props(cls, props: Mapping[str, Any]) -> "NodePlan":
-        """Back from the wire, where numbers are doubles and lists may be tuples."""
-        return cls(
-            node_name=str(props["node_name"]), role=str(props["role"]), instance_id=str(props["instance_id"]),
-            owner=str(props["owner"]), certificate_pem=str(props["certificate_pem"]),
-            hostname=str(props["hostname"]), ip_address=str(props["ip_address"]), address=str(props["address"]),
-            caches=tuple((str(upstream), str(address)) for upstream, address in props.get("caches") or ()),
-            migrate_from_guide=bool(props.get("migrate_from_guide")),
-            restart_k3s=bool(props.get("restart_k3s", True)),
-            restart_timeout_seconds=int(props.get("restart_timeout_seconds") or node_scripts.DEFAULT_RESTART_TIMEOUT),
-        )
-
-    def scripts(self) -> dict[str, str]:
-        """Every script by ``<step>/<action>``, rendered once per plan."""
-        if not self._rendered:
-            self._rendered.update(render_scripts(self))
-        return dict(self._rendered)
-
-    def step_digests(self) -> dict[str, str]:
-        """Per step: the digest of the runner and the step's scripts (ACTIONS order), as the node computes it."""
-        scripts = self.scripts()
-        runner = runner_script(self.scripts_dir)
-        return {step: digest(runner + "".join(scripts[f"{step}/{action}"] for action in actions))
-                for step, actions in ACTIONS.items()}
-
-
-def scripts_dir(instance_id: str, owner: str) -> str:
-    """Named after the owner (whose URN names the project and stack), so short: the state and every
-    command line carry it; its ``id`` file and the scripts' own text say whose it is."""
-    return f"{STATE_ROOT}/scripts-{hashlib.sha256(f'{instance_id} {owner}'.encode()).hexdigest()[:10]}"
-
-
 def digest(text: str) -> str:
     """The first SHORT_DIGEST hex digits of the SHA-256: what the state and the command lines keep."""
     return hashlib.sha256(text.encode()).hexdigest()[:SHORT_DIGEST]
-
-
-def render_scripts(plan: NodePlan) -> dict[str, str]:
-    target = plan.target
-    guide_hostname = plan.hostname if plan.migrate_from_guide else None
-    restart = (plan.restart_k3s, plan.restart_timeout_seconds)
-    pem = plan.certificate_pem
-    scripts = {
-        "trust/install": node_scripts.trust_install_script(target, pem, guide_hostname),
-        "trust/remove": node_scripts.trust_remove_script(target),
-        "trust/probe": drift_probes.trust_probe_script(target, pem),
-        "hosts/install": node_scripts.hosts_install_script(target, plan.hostname, plan.ip_address,
-                                                           plan.migrate_from_guide),
-        "hosts/remove": node_scripts.hosts_remove_script(target),
-        "hosts/probe": drift_probes.hosts_probe_script(target, plan.hostname, plan.ip_address),
-        "k3s/install": node_scripts.registries_install_script(target, plan.address, pem, guide_hostname,
-                                                              plan.caches),
-        "k3s/remove": node_scripts.registries_remove_script(target, plan.address, *restart),
-        "k3s/probe": drift_probes.registries_probe_script(target, plan.address, pem, plan.caches),
-        "restart/install": node_scripts.restart_script(target, *restart),
-        "restart/remove": node_scripts.restart_remove_script(target, plan.address, *restart),
-    }
-    # Exactly the bytes the installer writes (a here-document ends in one newline).
-    return {name: text.rstrip("\n") + "\n" for name, text in scripts.items()}
 
 
 # ----------------------------------------------------------------------------- on the node
@@ -180,7 +77,7 @@ exec sh "$script"
 """
 
 
-def command_line(directory: str, step: str, action: str, user: str, step_digest: Optional[str] = None) -> str:
+def command_line(directory: str, step: str, action: str, user: str, step_digest: str | None = None) -> str:
     """The text a Command runs: short, and changed whenever the step's scripts changed."""
     arguments = [f"{directory}/{RUNNER}", step, action, *([step_digest] if step_digest else [])]
     text = "sh " + " ".join(q(argument) for argument in arguments)
@@ -232,19 +129,28 @@ def reader_script(directory: str, step_digests: Mapping[str, str]) -> str:
     """One session, every observation: ``<step> <verdict>`` per observed step, then the scripts'.
 
     A step whose scripts are missing or changed cannot be judged by them: it reads as drift, so
-    the update puts the scripts back and re-runs the step. Only the k3s probe reads stdin.
+    the update puts the scripts back and re-runs the step. Only a step that reads the
+    credentials (the k3s step) gets stdin; a step without a probe has only its scripts checked.
     """
-    checks = []
-    for step in OBSERVED_STEPS:
-        stdin = "" if step == "k3s" else " < /dev/null"
+    checks, unobserved = [], []
+    for step in NODE_STEPS:
+        intact = f"scripts_intact {step.name} {q(step_digests.get(step.name, ''))} {' '.join(step.actions)}"
+        if not step.observed:
+            unobserved.append(f"""\
+if ! {intact}; then
+  scripts_drift="${{scripts_drift:+$scripts_drift, }}{step.name}"
+fi
+""")
+            continue
+        stdin = "" if step.reads_credentials else " < /dev/null"
         checks.append(f"""\
-if scripts_intact {step} {q(step_digests.get(step, ""))} {" ".join(ACTIONS[step])}; then
-  verdict=$(sh "$dir"/{step}/probe.sh{stdin})
+if {intact}; then
+  verdict=$(sh "$dir"/{step.name}/probe.sh{stdin})
 else
   verdict='drift: the scripts of this step on the node are missing or changed'
-  scripts_drift="${{scripts_drift:+$scripts_drift, }}{step}"
+  scripts_drift="${{scripts_drift:+$scripts_drift, }}{step.name}"
 fi
-printf '{step} %s\\n' "$verdict"
+printf '{step.name} %s\\n' "$verdict"
 """)
     return PREAMBLE + f"""\
 dir={q(directory)}
@@ -261,14 +167,11 @@ scripts_intact() {{
   actual=$({{ cat "$dir/{RUNNER}"; for action in "$@"; do cat "$dir/$step/$action.sh"; done; }} | sha256sum)
   [ "$(printf '%.{SHORT_DIGEST}s' "$actual")" = "$expected" ]
 }}
-""" + "".join(checks) + f"""\
-if ! scripts_intact restart {q(step_digests.get("restart", ""))} {" ".join(ACTIONS["restart"])}; then
-  scripts_drift="${{scripts_drift:+$scripts_drift, }}restart"
-fi
+""" + "".join(checks) + "".join(unobserved) + f"""\
 if [ -n "$scripts_drift" ]; then
   printf '{SCRIPTS} drift: missing or changed on the node: %s\\n' "$scripts_drift"
 else
-  echo '{SCRIPTS} {drift_probes.IN_SYNC}'
+  echo '{SCRIPTS} {IN_SYNC}'
 fi
 """
 
@@ -288,14 +191,14 @@ echo "scripts: removed"
 """
 
 
-def parse_observations(stdout: str) -> Optional[dict[str, str]]:
+def parse_observations(stdout: str) -> dict[str, str] | None:
     """The reader's answer by step, or None if it is not exactly one verdict per step."""
     found: dict[str, str] = {}
     for line in stdout.strip().splitlines():
         step, _, verdict = line.partition(" ")
         if step in found or step not in (*OBSERVED_STEPS, SCRIPTS):
             return None
-        if verdict != drift_probes.IN_SYNC and not verdict.startswith(drift_probes.DRIFT_PREFIX):
+        if verdict != IN_SYNC and not verdict.startswith(DRIFT_PREFIX):
             return None
         found[step] = verdict
     return found if set(found) == {*OBSERVED_STEPS, SCRIPTS} else None

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 
-EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 SECONDS_PER_DAY = 86400
 
 
 def utcnow() -> dt.datetime:
     """The program's clock; tests replace it to move through rotation periods."""
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def rotation_period_days(validity_days: int, renewal_days: int) -> int:

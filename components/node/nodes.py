@@ -1,10 +1,10 @@
 """The node side: every k3s node trusts the registry, resolves its name and pulls from it.
 
-One ``NodeConfiguration`` per node: a ``NodeScripts`` resource (components/drift.py) writes
-the node's step scripts once and observes the node on refresh, in one SSH session each; then
-four steps run by pulumi-command (trust store, /etc/hosts, k3s registries.yaml, and the k3s
-restart that applies it), each a short line that runs its script by digest
-(components/node_plan.py). Nodes never depend on one another except for the servers'
+One ``NodeConfiguration`` per node: a ``NodeScripts`` resource (components/node/scripts_resource.py)
+writes the node's step scripts once and observes the node on refresh, in one SSH session each;
+then the steps (components/node/steps/: trust store, /etc/hosts, k3s registries.yaml, and the
+k3s restart that applies it) run by pulumi-command, each a short line that runs its script by
+digest (components/node/runner.py). Nodes never depend on one another except for the servers'
 restarts, so ``pulumi up --continue-on-error`` configures every reachable node when one is down.
 
 pulumi-command cannot read a node back: when a refresh finds a step drifted, that step's
@@ -16,15 +16,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import pulumi
 import pulumi_command as command
 
-from . import drift, node_scripts
-from .config import NodeAccessSettings, NodeSettings, RegistrySettings
-from .node_plan import NodePlan, command_texts
+from ..settings import NodeAccessSettings, NodeSettings, RegistrySettings
+from .k3s_service import DEFAULT_RESTART_TIMEOUT
+from .plan import NodePlan
+from .runner import command_texts
+from .scripts_resource import NodeScripts, connection_props
+from .steps import NODE_STEPS
+from .steps.registries import settings_generation
+from .steps.restart import STEP as RESTART_STEP
 
 
 def instance_id_for(project: str, stack: str) -> str:
@@ -39,10 +44,10 @@ class NodeConfigurationArgs:
     trust_anchor_pem: pulumi.Input[str]
     instance_id: str
     restart_k3s: bool
-    ssh_private_key: Optional[pulumi.Input[str]] = None
-    registry_credentials: Optional[pulumi.Input[str]] = None
+    ssh_private_key: pulumi.Input[str] | None = None
+    registry_credentials: pulumi.Input[str] | None = None
     """JSON ``{"username", "password"}`` for registries.yaml, secret; None without auth."""
-    restart_timeout_seconds: int = node_scripts.DEFAULT_RESTART_TIMEOUT
+    restart_timeout_seconds: int = DEFAULT_RESTART_TIMEOUT
     restart_after: Sequence[pulumi.Resource] = ()
     """What must be in place before k3s restarts here: the registry's workloads, and on a
     server the previous server's restart (servers restart one at a time)."""
@@ -59,11 +64,9 @@ class NodeConfiguration:
     every node, for a level in the preview tree that the names already give.
     """
 
-    scripts: drift.NodeScripts
-    trust: command.remote.Command
-    hosts: command.remote.Command
-    registries: command.remote.Command
-    restart: command.remote.Command
+    scripts: NodeScripts
+    steps: dict[str, command.remote.Command]
+    """By step name (components/node/steps/), in the order they run."""
 
     def __init__(self, name: str, args: NodeConfigurationArgs, parent: pulumi.Resource, owner: pulumi.Output[str]):
         node = args.node
@@ -82,9 +85,9 @@ class NodeConfiguration:
             host=node.host, port=node.port, user=node.user, private_key=private_key, host_key=node.host_key,
         )
         # The Commands must not be its dependencies: they read its repairs and run its scripts.
-        self.scripts = drift.NodeScripts(
+        self.scripts = NodeScripts(
             f"{name}-scripts",
-            connection=drift.connection_props(node.host, node.port, node.user, args.ssh_private_key, node.host_key),
+            connection=connection_props(node.host, node.port, node.user, args.ssh_private_key, node.host_key),
             plan=plan.apply(lambda p: p.to_props()),
             credentials=args.registry_credentials,
             opts=pulumi.ResourceOptions(parent=parent),
@@ -100,40 +103,36 @@ class NodeConfiguration:
         def text(key: str) -> pulumi.Output[str]:
             return texts.apply(lambda all_texts: all_texts[key])
 
-        def step(role: str, stdin: Optional[pulumi.Input[str]] = None) -> command.remote.Command:
-            return command.remote.Command(
-                f"{name}-{role}",
+        self.steps = {}
+        for node_step in NODE_STEPS:
+            create = text(f"{node_step.name}/create")
+            depends_on: list[pulumi.Resource] = []
+            if node_step.applies is not None:
+                # Runs whenever the step it applies changed its settings (the generation is in
+                # the text), only after the registry is up and, on a server, after the
+                # previous server is back.
+                applied = self.steps[node_step.applies]
+                create = pulumi.Output.all(create, applied.stdout).apply(
+                    lambda values: f"{values[0]}\n# k3s settings generation {settings_generation(values[1])}"
+                )
+                depends_on = [applied, *args.restart_after]
+            self.steps[node_step.name] = command.remote.Command(
+                f"{name}-{node_step.name}",
                 connection=connection,
-                create=text(f"{role}/create"),
-                delete=text(f"{role}/delete"),
+                create=create,
+                delete=text(f"{node_step.name}/delete"),
                 # Secrets travel on stdin: the provider prints the command text when it fails.
-                stdin=stdin,
+                stdin=args.registry_credentials if node_step.reads_credentials else None,
                 add_previous_output_in_env=False,
                 # Moving a node to another address undoes the old host before configuring the new.
                 triggers=[node.host, node.port],
-                opts=step_options,
+                opts=pulumi.ResourceOptions.merge(step_options, pulumi.ResourceOptions(depends_on=depends_on)),
             )
 
-        self.trust = step("trust")
-        self.hosts = step("hosts")
-        self.registries = step("k3s", stdin=args.registry_credentials)
-        # Runs whenever the k3s step changed registries.yaml (its generation is in the text),
-        # only after the registry is up and, on a server, after the previous server is back.
-        restart_text = pulumi.Output.all(texts, self.registries.stdout).apply(
-            lambda values: f"{values[0]['restart/create']}\n"
-            f"# k3s settings generation {node_scripts.settings_generation(values[1])}"
-        )
-        self.restart = command.remote.Command(
-            f"{name}-restart",
-            connection=connection,
-            create=restart_text,
-            delete=text("restart/delete"),
-            add_previous_output_in_env=False,
-            triggers=[node.host, node.port],
-            opts=pulumi.ResourceOptions.merge(
-                step_options, pulumi.ResourceOptions(depends_on=[self.registries, *args.restart_after])
-            ),
-        )
+    @property
+    def restart(self) -> command.remote.Command:
+        """The k3s restart, which the next server's restart waits for."""
+        return self.steps[RESTART_STEP.name]
 
 
 @dataclass(frozen=True)
@@ -142,14 +141,14 @@ class ClusterNodesArgs:
     access: NodeAccessSettings
     trust_anchor_pem: pulumi.Input[str]
     instance_id: str
-    username: Optional[pulumi.Input[str]] = None
-    password: Optional[pulumi.Input[str]] = None
+    username: pulumi.Input[str] | None = None
+    password: pulumi.Input[str] | None = None
     """The registry's credentials, which k3s needs to pull; None when authentication is off."""
     restart_after: Sequence[pulumi.Resource] = ()
     """The registry's workloads: k3s restarts only once they are in place."""
 
 
-def owner_of(component_urn: pulumi.Output[Optional[str]], node_name: str) -> pulumi.Output[str]:
+def owner_of(component_urn: pulumi.Output[str | None], node_name: str) -> pulumi.Output[str]:
     """Who manages a node's steps: the ClusterNodes component's URN and the node's name."""
     return component_urn.apply(lambda urn: f"{urn}#{node_name}")
 
@@ -168,7 +167,7 @@ class ClusterNodes(pulumi.ComponentResource):
     node_names: pulumi.Output[list[str]]
     """The nodes this stack configures."""
 
-    def __init__(self, name: str, args: ClusterNodesArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: ClusterNodesArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("k3s-registry:index:ClusterNodes", name, None, opts)
         credentials = (
             credentials_json(args.username, args.password)

@@ -1,0 +1,1 @@
+"""The cluster side: the registry, its certificates and its Kubernetes objects."""

@@ -1,0 +1,200 @@
+"""The registry's Deployment (and each pull-through cache's): the pod, its volumes, its probes.
+
+Each builder takes settings plus the Outputs of what it refers to, so references are wired
+(``claimName=claim.metadata.name``) rather than retyped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from ..settings import MirrorSettings, RegistrySettings
+from .naming import (
+    AUTH_MOUNT_PATH,
+    CERTIFICATE_HASH_ANNOTATION,
+    CERTS_MOUNT_PATH,
+    CONTAINER_PORT,
+    CONTAINER_PORT_NAME,
+    DATA_MOUNT_PATH,
+    HTPASSWD_FILE,
+    RUN_AS_ID,
+    TMP_MOUNT_PATH,
+    UPSTREAM_PASSWORD_KEY,
+    UPSTREAM_USERNAME_KEY,
+    object_labels,
+    pod_labels,
+    scanner_exceptions,
+)
+
+
+def proxy_environment(
+    mirror: MirrorSettings, upstream_secret_name: pulumi.Input[str] | None
+) -> list[k8s.core.v1.EnvVarArgs]:
+    """distribution's proxy mode: a read-only pull-through cache of ``mirror.url``."""
+    env = [k8s.core.v1.EnvVarArgs(name="REGISTRY_PROXY_REMOTEURL", value=mirror.url)]
+    if upstream_secret_name is not None:
+        env += [
+            k8s.core.v1.EnvVarArgs(
+                name=f"REGISTRY_PROXY_{key.upper()}",
+                value_from=k8s.core.v1.EnvVarSourceArgs(
+                    secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=upstream_secret_name, key=key)
+                ),
+            )
+            for key in (UPSTREAM_USERNAME_KEY, UPSTREAM_PASSWORD_KEY)
+        ]
+    if mirror.ttl is not None:
+        env.append(k8s.core.v1.EnvVarArgs(name="REGISTRY_PROXY_TTL", value=mirror.ttl))
+    return env
+
+
+
+def certificate_fingerprint(certificate_pem: pulumi.Input[str]) -> pulumi.Output[str]:
+    return pulumi.Output.from_input(certificate_pem).apply(
+        lambda pem: hashlib.sha256(pem.encode()).hexdigest()
+    )
+
+
+def registry_environment(settings: RegistrySettings) -> list[k8s.core.v1.EnvVarArgs]:
+    values = {
+        "REGISTRY_HTTP_ADDR": f":{CONTAINER_PORT}",
+        "REGISTRY_HTTP_TLS_CERTIFICATE": f"{CERTS_MOUNT_PATH}/tls.crt",
+        "REGISTRY_HTTP_TLS_KEY": f"{CERTS_MOUNT_PATH}/tls.key",
+        "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": DATA_MOUNT_PATH,
+    }
+    if settings.auth.enabled:
+        values |= {
+            "REGISTRY_AUTH": "htpasswd",
+            "REGISTRY_AUTH_HTPASSWD_REALM": f"{settings.hostname} registry",
+            "REGISTRY_AUTH_HTPASSWD_PATH": f"{AUTH_MOUNT_PATH}/{HTPASSWD_FILE}",
+        }
+    return [k8s.core.v1.EnvVarArgs(name=key, value=value) for key, value in values.items()]
+
+
+def _https_probe(initial_delay: int, period: int) -> k8s.core.v1.ProbeArgs:
+    # "/" answers 200 with or without authentication; "/v2/" would answer 401 once auth is on.
+    return k8s.core.v1.ProbeArgs(
+        http_get=k8s.core.v1.HTTPGetActionArgs(path="/", port=CONTAINER_PORT_NAME, scheme="HTTPS"),
+        initial_delay_seconds=initial_delay,
+        period_seconds=period,
+        timeout_seconds=3,
+        failure_threshold=3,
+    )
+
+
+def _container_security_context() -> k8s.core.v1.SecurityContextArgs:
+    return k8s.core.v1.SecurityContextArgs(
+        run_as_non_root=True,
+        run_as_user=RUN_AS_ID,
+        run_as_group=RUN_AS_ID,
+        allow_privilege_escalation=False,
+        privileged=False,
+        read_only_root_filesystem=True,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+def create_deployment(
+    name: str,
+    settings: RegistrySettings,
+    namespace: pulumi.Input[str],
+    secret_name: pulumi.Input[str],
+    claim_name: pulumi.Input[str],
+    certificate_pem: pulumi.Input[str],
+    parent: pulumi.Resource,
+    htpasswd_secret_name: pulumi.Input[str] | None = None,
+    data_sub_path: str | None = None,
+    component: str | None = None,
+    extra_env: Sequence[k8s.core.v1.EnvVarArgs] = (),
+    extra_scanner_exceptions: Sequence[str] = (),
+) -> k8s.apps.v1.Deployment:
+    """``htpasswd_secret_name`` is given exactly when authentication is on; ``data_sub_path``
+    is the directory of the claim that holds the storage root (the whole claim by default).
+    A cache is the same Deployment with its own name, ``component`` and proxy ``extra_env``."""
+    labels = pod_labels(name, component)
+    auth_mounts, auth_volumes = [], []
+    if htpasswd_secret_name is not None:
+        auth_mounts = [k8s.core.v1.VolumeMountArgs(name="auth", mount_path=AUTH_MOUNT_PATH, read_only=True)]
+        auth_volumes = [
+            k8s.core.v1.VolumeArgs(
+                name="auth",
+                secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=htpasswd_secret_name, default_mode=0o440),
+            )
+        ]
+    container = k8s.core.v1.ContainerArgs(
+        name="registry",
+        image=settings.image,
+        image_pull_policy="IfNotPresent",
+        ports=[k8s.core.v1.ContainerPortArgs(name=CONTAINER_PORT_NAME, container_port=CONTAINER_PORT, protocol="TCP")],
+        env=[*registry_environment(settings), *extra_env],
+        volume_mounts=[
+            k8s.core.v1.VolumeMountArgs(name="certs", mount_path=CERTS_MOUNT_PATH, read_only=True),
+            k8s.core.v1.VolumeMountArgs(name="data", mount_path=DATA_MOUNT_PATH, sub_path=data_sub_path),
+            k8s.core.v1.VolumeMountArgs(name="tmp", mount_path=TMP_MOUNT_PATH),
+            *auth_mounts,
+        ],
+        readiness_probe=_https_probe(initial_delay=2, period=10),
+        liveness_probe=_https_probe(initial_delay=10, period=20),
+        resources=k8s.core.v1.ResourceRequirementsArgs(
+            requests={"cpu": "50m", "memory": "64Mi"},
+            limits={"cpu": "1", "memory": "512Mi"},
+        ),
+        security_context=_container_security_context(),
+    )
+    pod_spec = k8s.core.v1.PodSpecArgs(
+        node_selector=dict(settings.node_selector) or None,
+        automount_service_account_token=False,
+        security_context=k8s.core.v1.PodSecurityContextArgs(
+            run_as_non_root=True,
+            run_as_user=RUN_AS_ID,
+            run_as_group=RUN_AS_ID,
+            # The kubelet gives the volume's files this group, group read/write and setgid
+            # directories, once, when the volume's root is not already so (OnRootMismatch):
+            # also the guide's images, written as root:root by its root registry.
+            fs_group=RUN_AS_ID,
+            fs_group_change_policy="OnRootMismatch",
+            seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+        ),
+        containers=[container],
+        volumes=[
+            k8s.core.v1.VolumeArgs(
+                name="certs",
+                secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=secret_name, default_mode=0o440),
+            ),
+            k8s.core.v1.VolumeArgs(
+                name="data",
+                persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(claim_name=claim_name),
+            ),
+            k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="64Mi")),
+            *auth_volumes,
+        ],
+    )
+    return k8s.apps.v1.Deployment(
+        f"{name}-deployment",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=name, namespace=namespace, labels=object_labels(name, component),
+            annotations=scanner_exceptions(settings, extra_scanner_exceptions),
+        ),
+        spec=k8s.apps.v1.DeploymentSpecArgs(
+            replicas=1,
+            # RollingUpdate would start the new pod while the old one still holds the
+            # ReadWriteOnce volume: on another node it stalls on a Multi-Attach error.
+            strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
+            revision_history_limit=3,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
+            template=k8s.core.v1.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(
+                    labels=labels,
+                    annotations={CERTIFICATE_HASH_ANNOTATION: certificate_fingerprint(certificate_pem)},
+                ),
+                spec=pod_spec,
+            ),
+        ),
+        opts=pulumi.ResourceOptions(parent=parent),
+    )
+
+

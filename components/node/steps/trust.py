@@ -1,0 +1,224 @@
+"""Trust store: the registry's CA certificate in the node's OS trust store (and Java's, by its hook).
+
+install adds it (with migrateFromGuide, first removing the manual guide's key and certificate
+from the store), remove takes it out and rebuilds the store, probe checks the file and the bundle.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..shell import (
+    REPLACE_FILE_FUNCTION,
+    header,
+    ownership,
+    probe_header,
+    q,
+    same_bytes_check,
+    with_final_newline,
+)
+from ..step import NodeStep
+from ..target import STATE_ROOT, NodeTarget
+
+if TYPE_CHECKING:
+    from ..plan import NodePlan
+
+DEBIAN_ANCHORS = "/usr/local/share/ca-certificates"
+REDHAT_ANCHORS = "/etc/pki/ca-trust/source/anchors"
+
+
+def trust_store_detection() -> str:
+    return f"""\
+if [ -r /etc/os-release ]; then
+  # shellcheck source=/dev/null
+  . /etc/os-release
+fi
+os_id=${{ID:-unknown}}
+os_like=${{ID_LIKE:-}}
+os_name=${{PRETTY_NAME:-$os_id}}
+case " $os_id $os_like " in
+  *" debian "*|*" ubuntu "*|*" raspbian "*)
+    anchors={q(DEBIAN_ANCHORS)}
+    # shellcheck disable=SC2034  # read by the install script only
+    bundle=/etc/ssl/certs/ca-certificates.crt
+    command -v update-ca-certificates >/dev/null 2>&1 \\
+      || fail "$os_name has no update-ca-certificates; install the ca-certificates package"
+    # refresh_trust fresh: a plain run keeps the links (and Java's keystore entry) of a removed
+    # or rewritten local certificate; a fresh rebuild derives everything from the files again,
+    # at about three times the cost, so it is kept for when a certificate leaves the store.
+    refresh_trust() {{
+      if [ "$1" = fresh ]; then update-ca-certificates --fresh; else update-ca-certificates; fi
+    }}
+    # update-ca-certificates tells its hooks (Java's keystore) only about removals it
+    # detects itself, and a deleted local file is not one: tell them, as it would.
+    announce_removal() {{
+      for hook in /etc/ca-certificates/update.d/*; do
+        if [ -x "$hook" ]; then
+          printf -- '-/etc/ssl/certs/%s.pem\n' "${{1%.crt}}" | "$hook" || echo "hook $hook failed" >&2
+        fi
+      done
+    }}
+    ;;
+  *" rhel "*|*" fedora "*|*" centos "*|*" rocky "*|*" almalinux "*)
+    anchors={q(REDHAT_ANCHORS)}
+    # shellcheck disable=SC2034  # read by the install script only
+    bundle=/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem
+    command -v update-ca-trust >/dev/null 2>&1 \\
+      || fail "$os_name has no update-ca-trust; install the ca-certificates package"
+    refresh_trust() {{ update-ca-trust extract; }}  # always rebuilt from the files
+    announce_removal() {{ :; }}
+    ;;
+  *)
+    supported="Debian, Ubuntu, Raspberry Pi OS, RHEL, Fedora, CentOS, Rocky and AlmaLinux"
+    fail "cannot install the registry certificate on $os_name: supported are $supported"
+    ;;
+esac
+"""
+
+
+# The manual guide copied the registry's certificate AND its private key into the Debian trust
+# store under these names.
+GUIDE_CERTIFICATE = f"{DEBIAN_ANCHORS}/registry.crt"
+GUIDE_KEY = f"{DEBIAN_ANCHORS}/registry.key"
+
+
+def guide_trust_cleanup(target: NodeTarget, hostname: str) -> str:
+    """Removes the guide's key (a PEM private key) and its certificate (one issued for ``hostname``).
+
+    Recorded as pending before the removal, so a run cut short still rebuilds the store next time.
+    """
+    return f"""\
+guide_pending={q(STATE_ROOT)}/{q(target.instance_id + "-guide.removing")}
+guide_key={q(GUIDE_KEY)}
+guide_certificate={q(GUIDE_CERTIFICATE)}
+guide_leftovers=
+if [ -f "$guide_key" ] && grep -q -- '-----BEGIN [A-Z ]*PRIVATE KEY-----' "$guide_key"; then
+  guide_leftovers="$guide_key"
+fi
+if [ -f "$guide_certificate" ]; then
+  command -v openssl >/dev/null 2>&1 || fail "migrateFromGuide needs openssl to recognise the guide's registry.crt"
+  if openssl x509 -in "$guide_certificate" -noout -checkhost {q(hostname)} 2>/dev/null | grep -q 'does match'; then
+    guide_leftovers="$guide_leftovers $guide_certificate"
+  fi
+fi
+if [ -n "$guide_leftovers" ]; then
+  mkdir -p {q(STATE_ROOT)}
+  : > "$guide_pending"
+  # shellcheck disable=SC2086  # two fixed paths without spaces
+  rm -f $guide_leftovers
+  echo "trust store: removed the manual guide's$guide_leftovers"
+fi
+"""
+
+
+def trust_install_script(target: NodeTarget, certificate_pem: str, guide_hostname: str | None = None) -> str:
+    """Adds the registry's public certificate to the OS trust store.
+
+    With ``guide_hostname`` (migrateFromGuide) it first removes the manual guide's leftovers.
+    """
+    cleanup = guide_trust_cleanup(target, guide_hostname) if guide_hostname else ""
+    guide_pending = ' || [ -e "$guide_pending" ]' if guide_hostname else ""
+    after_refresh = (
+        """\
+  if [ -e "$guide_pending" ]; then
+    announce_removal registry.crt
+    rm -f "$guide_pending"
+  fi
+"""
+        if guide_hostname
+        else ""
+    )
+    return (
+        header(target, REPLACE_FILE_FUNCTION, ownership(target, "trust"))
+        + trust_store_detection()
+        + "claim_step\n"
+        + cleanup
+        + f"""\
+anchor="$anchors/"{q(target.anchor_file_name)}
+printf '%s' {q(with_final_newline(certificate_pem))} > "$work/anchor"
+# Another certificate in our file (a rotation) leaves the store: recorded before the rewrite,
+# so a run cut short before the rebuild still rebuilds from scratch next time.
+replacing={q(STATE_ROOT)}/{q(target.instance_id + "-trust.replacing")}
+if [ -e "$anchor" ] && ! cmp -s "$work/anchor" "$anchor"; then
+  : > "$replacing"
+fi
+replace_file "$anchor" 644 "$work/anchor"
+# Also rebuilds when a run was cut short between writing the file and rebuilding the bundle.
+signature={q(signature_line(certificate_pem))}
+if [ "$changed" = yes ] || [ -e "$replacing" ]{guide_pending} || ! grep -qxF "$signature" "$bundle" 2>/dev/null; then
+  if [ -e "$replacing" ]{guide_pending}; then refresh_trust fresh; else refresh_trust add; fi
+  rm -f "$replacing"
+{after_refresh}  echo "trust store: certificate installed"
+else
+  echo "trust store: unchanged"
+fi
+"""
+    )
+
+
+def signature_line(certificate_pem: str) -> str:
+    """The last full base64 line: it holds signature bytes, so no other certificate has it."""
+    lines = [line for line in certificate_pem.strip().splitlines() if len(line) == 64]
+    return lines[-1]
+
+
+def trust_remove_script(target: NodeTarget) -> str:
+    """Removes the certificate again; the trust store is rebuilt without it."""
+    return (
+        header(target, REPLACE_FILE_FUNCTION, ownership(target, "trust"))
+        + trust_store_detection()
+        + f"""\
+leave_if_owned_by_another
+anchor="$anchors/"{q(target.anchor_file_name)}
+# Recorded before the removal, so a run cut short before the rebuild still rebuilds next time.
+pending={q(STATE_ROOT)}/{q(target.instance_id + "-trust.removing")}
+remove_stale_temps "$anchor"
+if [ -e "$anchor" ] || [ -e "$pending" ]; then
+  mkdir -p {q(STATE_ROOT)}
+  : > "$pending"
+  rm -f "$anchor"
+  refresh_trust fresh
+  announce_removal {q(target.anchor_file_name)}
+  rm -f "$pending" {q(STATE_ROOT)}/{q(target.instance_id + "-trust.replacing")}
+  echo "trust store: certificate removed"
+else
+  echo "trust store: nothing to remove"
+fi
+release_step
+"""
+    )
+
+
+
+def trust_probe_script(target: NodeTarget, certificate_pem: str) -> str:
+    """In sync when the anchor file holds exactly the PEM the install script writes and the bundle has it.
+
+    The OS detection is the install script's own, so probe and install agree on the paths; its
+    helper functions (refresh_trust, announce_removal) are defined there but never called here.
+    """
+    pem = with_final_newline(certificate_pem)
+    return (
+        probe_header(target)
+        + trust_store_detection()
+        + f"anchor=\"$anchors/\"{q(target.anchor_file_name)}\n"
+        + same_bytes_check("anchor", pem, "trust store: certificate file")
+        + f"""\
+if ! grep -qxF {q(signature_line(certificate_pem))} "$bundle" 2>/dev/null; then
+  drift "trust store: the system bundle $bundle does not contain the certificate"
+fi
+report
+"""
+    )
+
+
+
+def render(plan: NodePlan) -> dict[str, str]:
+    target, pem = plan.target, plan.certificate_pem
+    return {
+        "install": trust_install_script(target, pem, plan.hostname if plan.migrate_from_guide else None),
+        "remove": trust_remove_script(target),
+        "probe": trust_probe_script(target, pem),
+    }
+
+
+STEP = NodeStep("trust", render)

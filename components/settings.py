@@ -1,0 +1,135 @@
+"""The settings the components read: frozen dataclasses, and what each setting is when unset.
+
+components/config/ parses the stack configuration into these and reports every mistake; the
+components take them as arguments and never read ``pulumi.Config`` themselves.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import pulumi
+
+DEFAULT_PORT = 5000
+DEFAULT_NAMESPACE = "docker-registry"
+DEFAULT_STORAGE_SIZE = "15Gi"
+# The serving certificate is renewed in an ordinary `pulumi up` (components/cluster/rotation.py);
+# the CA the nodes trust lives long, so a renewal never touches a node.
+DEFAULT_CERT_VALIDITY_DAYS = 365
+DEFAULT_CERT_RENEWAL_DAYS = 30
+DEFAULT_CA_VALIDITY_DAYS = 3650
+DEFAULT_AUTH_USERNAME = "registry"
+DEFAULT_KEY_ALGORITHM = "RSA"
+# Pinned: a new registry release should be a reviewed change, not a surprise at pod restart.
+DEFAULT_IMAGE = "registry:2.8.3"
+DEFAULT_SSH_PORT = 22
+DEFAULT_SSH_USER = "root"
+# How long a restarted k3s may take to be active again (and, on a server, to answer on the API)
+# before the update stops with that node's name: a Raspberry Pi server needs a minute or two.
+DEFAULT_K3S_RESTART_TIMEOUT = 300
+
+KEY_ALGORITHMS = ("RSA", "ECDSA")
+NODE_ROLES = ("server", "agent")
+
+
+@dataclass(frozen=True)
+class CertificateSettings:
+    common_name: str
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+    validity_days: int
+    key_algorithm: str
+    ca_validity_days: int = DEFAULT_CA_VALIDITY_DAYS
+    renewal_days: int = DEFAULT_CERT_RENEWAL_DAYS
+    rotation: int = 0
+    """Which rotation period this evaluation is in (see components/cluster/rotation.py)."""
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    enabled: bool
+    username: str
+
+
+DEFAULT_MIRROR_STORAGE_SIZE = "10Gi"
+
+
+@dataclass(frozen=True)
+class SecretText:
+    """A secret value read from the stack (set with --secret): never shown in a repr or message."""
+
+    value: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class MirrorSettings:
+    """A pull-through cache of one upstream registry, served on its own port of the registry's IP."""
+
+    upstream: str
+    url: str
+    port: int
+    storage_size: str = DEFAULT_MIRROR_STORAGE_SIZE
+    username: str | None = None
+    password: SecretText | None = None
+    ttl: str | None = None
+
+    @property
+    def slug(self) -> str:
+        """The upstream as a name part (docker.io -> docker-io)."""
+        return re.sub(r"[^a-z0-9]+", "-", self.upstream.lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    hostname: str
+    load_balancer_ip: str
+    port: int
+    namespace: str
+    storage_class: str | None
+    storage_size: str
+    node_selector: tuple[tuple[str, str], ...]
+    image: str
+    certificate: CertificateSettings
+    auth: AuthSettings = AuthSettings(enabled=True, username=DEFAULT_AUTH_USERNAME)
+    existing_claim: str | None = None
+    """A volume claim that already holds images (the manual guide's): mounted, never managed."""
+    mirrors: tuple[MirrorSettings, ...] = ()
+
+    def mirror_address(self, mirror: MirrorSettings) -> str:
+        """``host:port`` of a cache, as k3s's registries.yaml keys it."""
+        return f"{self.hostname}:{mirror.port}"
+
+    @property
+    def address(self) -> str:
+        """``host:port`` as clients and k3s name the registry."""
+        return f"{self.hostname}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    name: str
+    host: str
+    port: int
+    user: str
+    role: str
+    host_key: str | None = None
+
+
+@dataclass(frozen=True)
+class NodeAccessSettings:
+    nodes: tuple[NodeSettings, ...]
+    restart_k3s: bool
+    restart_timeout_seconds: int = DEFAULT_K3S_RESTART_TIMEOUT
+    migrate_from_guide: bool = False
+    """Remove the manual guide's leftovers from every node (its key, certificate, hosts line
+    and bare-hostname registries.yaml entry)."""
+    # Secret: kept as an Output so it never appears in plain text in state or logs.
+    ssh_private_key: pulumi.Output[str] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    registry: RegistrySettings
+    node_access: NodeAccessSettings
+
