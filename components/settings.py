@@ -97,13 +97,27 @@ class RegistrySettings:
     mirrors: tuple[MirrorSettings, ...] = ()
 
     def mirror_address(self, mirror: MirrorSettings) -> str:
-        """``host:port`` of a cache, as k3s's registries.yaml keys it."""
-        return f"{self.hostname}:{mirror.port}"
+        """A cache's address, as k3s's registries.yaml keys it (see reference_host)."""
+        return reference_host(self.hostname, mirror.port)
 
     @property
     def address(self) -> str:
-        """``host:port`` as clients and k3s name the registry."""
-        return f"{self.hostname}:{self.port}"
+        """The registry's address as clients and k3s name it (see reference_host)."""
+        return reference_host(self.hostname, self.port)
+
+
+HTTPS_PORT = 443
+
+
+def reference_host(hostname: str, port: int) -> str:
+    """``host:port``, or the bare host name on 443: what an image reference carries.
+
+    An image on 443 is written ``host/name`` (no port), and containerd looks its hosts
+    configuration up by the reference's host as written (containerd core/remotes/docker/config
+    hosts.go, HostDirFromRoot and hostPaths): an entry keyed ``host:443`` would never apply,
+    and neither would the CA and credentials k3s puts with it.
+    """
+    return hostname if port == HTTPS_PORT else f"{hostname}:{port}"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from components.node.scripts_resource import NodeScriptsProvider
 
 from harness import Evaluation, Resource
 from testbed.sshexec import ClientKey, ssh_run
-from testbed.sshnodes import Init, TestNode, start_node
+from testbed.sshnodes import K3S_AGENT, K3S_SERVER, Init, TestNode, Unit, start_node
 
 COMMAND = "command:remote:Command"
 STEPS = ("trust", "hosts", "k3s", "restart")
@@ -173,6 +173,13 @@ class NodeSpec:
     hosts: bytes
     init: Init = "systemd"
     files: dict[str, bytes] | None = None
+    units: tuple[Unit, ...] = (K3S_SERVER,)
+    """The k3s units the node has: a server's unless it is an agent (units_for)."""
+
+
+def units_for(role: str) -> tuple[Unit, ...]:
+    """The unit install.sh makes for a node of ``role``: k3s on a server, k3s-agent on an agent."""
+    return (K3S_SERVER,) if role == "server" else (K3S_AGENT,)
 
 
 @contextlib.contextmanager
@@ -186,6 +193,7 @@ def running_nodes(
             started[spec.name] = start_node(
                 spec.name, spec.ip, workdir_for(spec.name), hosts_content=spec.hosts,
                 authorized_pubkey=client_key.public_key_line, init=spec.init, extra_files=spec.files,
+                units=spec.units,
             )
         yield started
     finally:

@@ -164,7 +164,8 @@ MISTAKES = [
     Mistake("existingClaim-a-path", {"existingClaim": "/var/lib/registry"}, "existingClaim",
             ("is not a valid volume claim name",)),
     Mistake("existingClaim-with-storageClass", {"existingClaim": "longhorn-docker-registry-pvc"}, "storageClass",
-            ("is not used with existingClaim", "remove storageClass")),
+            ("is used only for the caches' claims when existingClaim is set", "no mirrors are configured",
+             "remove storageClass")),
     Mistake("migrateFromGuide-yes", {"migrateFromGuide": "yes"}, "migrateFromGuide", ("must be true or false",)),
     # mirrors (pull-through caches)
     Mistake("mirrors-an-object-not-a-list", {"mirrors": {"upstream": "docker.io"}}, "mirrors", ("must be a list of caches",)),

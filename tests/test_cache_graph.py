@@ -136,7 +136,10 @@ def test_a_cache_is_the_registry_deployment_plus_its_proxy_settings(cached):
         assert cache_container == registry_container  # image, probes, limits, security context, mounts
         assert cache_env[: len(registry_env)] == registry_env
         assert {item["name"] for item in cache_env[len(registry_env):]} <= {
-            "REGISTRY_PROXY_REMOTEURL", "REGISTRY_PROXY_USERNAME", "REGISTRY_PROXY_PASSWORD"}
+            "REGISTRY_PROXY_REMOTEURL", "REGISTRY_PROXY_USERNAME", "REGISTRY_PROXY_PASSWORD",
+            "REGISTRY_STORAGE_DELETE_ENABLED"}
+        # Expiry deletes through the local store: every cache, the default ttl's included.
+        assert {"name": "REGISTRY_STORAGE_DELETE_ENABLED", "value": "true"} in cache_env
         for key in ("securityContext", "automountServiceAccountToken", "nodeSelector"):
             assert cache["spec"]["template"]["spec"][key] == registry["spec"]["template"]["spec"][key]
 
@@ -222,3 +225,11 @@ def test_without_mirrors_nothing_changes(plain):
     assert not [name for name in baseline if "cache" in name]
     assert "allow-shared-ip" not in json.dumps(baseline)
     assert comparable(evaluate({**GUIDE_CONFIG, "mirrors": []})) == baseline
+
+
+@pytest.mark.parametrize(("ttl", "meaning"), [("720h", "expires after 30 days"), ("0s", "kept until deleted by hand")])
+def test_a_registry_3_cache_takes_its_ttl_and_0s_keeps_content(ttl, meaning):
+    evaluation = evaluate({**GUIDE_CONFIG, "image": "registry:3.0.0", "mirrors": [{"upstream": "docker.io", "ttl": ttl}]})
+    env = env_of(evaluation, "registry-cache-docker-io-deployment")
+    assert env["REGISTRY_PROXY_TTL"]["value"] == ttl, meaning
+    assert env["REGISTRY_STORAGE_DELETE_ENABLED"]["value"] == "true"

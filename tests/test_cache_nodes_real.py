@@ -24,6 +24,7 @@ from nodebed import (
     running_nodes,
     scripts_outputs,
     scripts_resource,
+    units_for,
     write_scripts,
 )
 
@@ -52,7 +53,7 @@ def stack(mirrors, nodes=("cache01",)):
 
 @pytest.fixture(scope="module")
 def cluster(client_key, tmp_path_factory):
-    specs = [NodeSpec(name, ip, b"127.0.0.1\tlocalhost\n", files={REGISTRIES: content})
+    specs = [NodeSpec(name, ip, b"127.0.0.1\tlocalhost\n", files={REGISTRIES: content}, units=units_for("agent"))
              for name, (ip, content) in NODES.items()]
     with running_nodes(specs, client_key, tmp_path_factory.mktemp) as nodes:
         yield nodes

@@ -21,6 +21,7 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -215,6 +216,82 @@ def test_pushing_to_the_cache_is_refused(cache, laptop, cert_dir, credentials, c
                     f"oci:{layout}:1.0", f"docker://{HOSTNAME}:{cache_port}/library/pushed:1.0")
     assert pushed.returncode != 0
     assert b"unsupported" in pushed.stderr.lower() or b"405" in pushed.stderr, pushed.stderr
+
+
+def blob_files(volume: Path) -> set[str]:
+    """The blobs the registry keeps on its volume (distribution's filesystem layout)."""
+    return {path.parent.name for path in (volume / "docker/registry/v2/blobs").rglob("data")}
+
+
+def wait_for(condition, what: str, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+    return result
+
+
+def test_expired_content_leaves_the_cache_and_is_pulled_again(
+    declared, upstream, upstream_digest, upstream_ca, cache_port, cert_dir, credentials, client_key, token_server,
+    tmp_path,
+):
+    """A cache's ttl is a delete: distribution's scheduler deletes what expired through the local
+    store, which needs storage.delete.enabled. Here the scheduler's own state file is given an
+    expiry in the past while the cache is stopped (2.8 keeps content 168 h and takes no ttl), so
+    the restarted cache expires everything at once: the blobs are gone from its volume, and the
+    next pull fetches them from the upstream again."""
+    ip, client_ip = "127.0.0.225", "127.0.0.226"
+    workdir = tmp_path / "expiring-cache"
+
+    def start():
+        return start_registry_pod(declared, workdir, ip, deployment=CACHE_DEPLOYMENT, env_overrides=cache_overrides(),
+                                  port=cache_port, extra_files={CA_BUNDLE_DIR: {"ca.crt": upstream_ca.cert_pem}})
+
+    client = start_node("expiry-client", client_ip, tmp_path / "client",
+                        hosts_content=f"127.0.0.1 localhost\n{ip} {HOSTNAME}\n".encode(),
+                        authorized_pubkey=client_key.public_key_line)
+    reference = f"docker://{HOSTNAME}:{cache_port}/{IMAGE}"
+
+    def pull(into: str):
+        copied = skopeo(client, "copy", "--src-cert-dir", str(cert_dir), "--src-creds", ":".join(credentials),
+                        reference, f"oci:{tmp_path / into}:1.0")
+        assert copied.returncode == 0, copied.stderr.decode() + cache.log()
+        assert manifest_digest(tmp_path / into, "1.0") == upstream_digest
+
+    cache = start()
+    try:
+        volume = cache.volume_path("/var/lib/registry")
+        pull("first")
+        # A layer, the config and the manifest; the proxy writes what it streamed a moment after.
+        cached = wait_for(lambda: found if len(found := blob_files(volume)) == 3 else None,
+                          f"the cache keeps what it served: {blob_files(volume)}")
+        state_file = volume / "scheduler-state.json"
+        # The scheduler saves its entries every few seconds (indexSaveFrequency).
+        entries = wait_for(lambda: state_file.exists() and json.loads(state_file.read_text()), "scheduler state")
+        assert {entry["EntryType"] for entry in entries.values()} == {0, 1}, "blobs and the manifest are scheduled"
+        cache.stop()
+        for entry in entries.values():
+            entry["ExpiryData"] = "2001-01-01T00:00:00Z"  # the field's JSON name in scheduler.go
+        state_file.write_text(json.dumps(entries))
+        cache = start()
+        # A blob's expiry removes its data (OnBlobExpire: the repository's link, then the vacuum);
+        # a manifest's removes its revision link (OnManifestExpire): its bytes are small, and go
+        # with the next garbage collection.
+        expired_blobs = {key.rsplit(":", 1)[1] for key, entry in entries.items() if entry["EntryType"] == 0}
+        revisions = volume / "docker/registry/v2/repositories/library/hello/_manifests/revisions"
+        manifest_link = revisions / "sha256" / upstream_digest.split(":")[1] / "link"
+        wait_for(lambda: not (blob_files(volume) & expired_blobs) and not manifest_link.exists(),
+                 f"expired content leaves the volume; still there: {blob_files(volume) & expired_blobs}\n" + cache.log())
+        assert "Scheduler error" not in cache.log(), cache.log()
+        assert blob_files(volume) == {upstream_digest.split(":")[1]}, "only the unlinked manifest's bytes are left"
+        token_server.requests.clear()
+        pull("again")
+        assert ("authorized", ["repository:library/hello:pull"]) in token_server.requests, "fetched from the upstream"
+        # The proxy stores what it streams to the client as it goes; the last bytes land a moment later.
+        wait_for(lambda: blob_files(volume) == cached, f"cached again: {blob_files(volume)} != {cached}")
+    finally:
+        cache.stop()
+        client.stop()
 
 
 # These two stop the upstream: they run last (pytest keeps the file's order).

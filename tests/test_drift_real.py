@@ -39,6 +39,7 @@ from nodebed import (
     running_nodes,
     scripts_outputs,
     scripts_resource,
+    units_for,
     write_scripts,
 )
 from testbed.sshnodes import DEFAULT_MANAGED_PATHS, DEPLOY_HOME, start_node
@@ -70,7 +71,7 @@ OTHER_PASSWORD = "someone-elses-registry-password"
 
 @pytest.fixture(scope="module")
 def cluster(client_key, tmp_path_factory):
-    specs = [NodeSpec(name, spec["ip"], f"127.0.0.1 localhost {name}\n".encode(), spec["init"])
+    specs = [NodeSpec(name, spec["ip"], f"127.0.0.1 localhost {name}\n".encode(), spec["init"], units=units_for(spec["role"]))
              for name, spec in NODES.items()]
     with running_nodes(specs, client_key, tmp_path_factory.mktemp) as started:
         for node in started.values():
@@ -314,7 +315,7 @@ def test_a_tamper_is_seen_by_one_refresh_and_repaired_by_that_step_alone(
         rewritten = "registries.yaml: yes" in runs["k3s"].stdout
         assert f"k3s settings generation: {generation + rewritten}" in runs["k3s"].stdout
         assert set(runs) == ({"k3s", "restart"} if rewritten else {"k3s"})
-        restart = {"drift01": "restart k3s", "drift02": "k3s-agent restart"}[node_name]
+        restart = {"drift01": "restart --no-block k3s", "drift02": "k3s-agent restart"}[node_name]
         assert restart_lines(node) == restarts_before + ([restart] if rewritten else [])
     else:
         assert set(runs) == {step}
@@ -461,7 +462,7 @@ def test_credentials_removed_by_hand_are_drift(declared, cluster, client_key, re
 
 def test_refresh_raises_when_the_node_is_down(config, client_key, tmp_path):
     node = start_node("drift03", DOWN_NODE_IP, tmp_path, hosts_content=b"127.0.0.1 localhost\n",
-                      authorized_pubkey=client_key.public_key_line)
+                      authorized_pubkey=client_key.public_key_line, units=units_for("agent"))
     lone = evaluate({**config, "nodes": [{"name": "drift03", "host": DOWN_NODE_IP, "role": "agent"}]})
     resource = scripts_resource(lone, "drift03")
     try:

@@ -42,7 +42,7 @@ CLAIM = "kubernetes:core/v1:PersistentVolumeClaim"
 NAMESPACE = "kubernetes:core/v1:Namespace"
 NAMESPACE_PATCH = "kubernetes:core/v1:NamespacePatch"
 
-# config.py refuses storageClass together with existingClaim (the claim has its class already).
+# storageClass with existingClaim is only for the caches' claims (the claim has its class already).
 OWN_CLAIM_CONFIG = {key: value for key, value in GUIDE_CONFIG.items() if key != "storageClass"}
 EXISTING_CLAIM_CONFIG = {**OWN_CLAIM_CONFIG, "existingClaim": GUIDE_CLAIM}
 
@@ -75,6 +75,15 @@ def test_no_volume_claim_is_declared(own, existing):
     assert existing.of_type(CLAIM) == []
     names = [r.outputs.get("metadata", {}).get("name") for r in existing.resources if r.type.startswith("kubernetes:")]
     assert GUIDE_CLAIM not in names, "the guide's claim must never be a resource of the program"
+
+
+def test_with_an_existing_claim_the_storage_class_is_the_caches():
+    """A migrated guide user adding caches can give their claims a class; the registry's claim stays the guide's."""
+    evaluation = evaluate({**EXISTING_CLAIM_CONFIG, "storageClass": "longhorn",
+                           "mirrors": [{"upstream": "docker.io"}, {"upstream": "ghcr.io", "port": 5443}]})
+    claims = evaluation.of_type(CLAIM)
+    assert len(claims) == 2 and all(claim.inputs["spec"]["storageClassName"] == "longhorn" for claim in claims)
+    assert GUIDE_CLAIM not in [claim.inputs["metadata"]["name"] for claim in claims]
 
 
 def test_the_data_volume_is_exactly_the_configured_claim(existing):

@@ -19,7 +19,7 @@ import yaml
 from components.node.steps.trust import signature_line
 
 from harness import evaluate
-from nodebed import NodeSpec, declared_plan, run_phase, running_nodes
+from nodebed import NodeSpec, declared_plan, run_phase, running_nodes, units_for
 from pod import registry_pod
 from testbed.certs import self_signed_cert
 
@@ -77,7 +77,7 @@ def declared():
 
 @pytest.fixture(scope="module")
 def cluster(client_key, tmp_path_factory):
-    specs = [NodeSpec(name, spec["ip"], OTHER_HOSTS + GUIDE_HOSTS_LINE + b"\n", files=spec["files"])
+    specs = [NodeSpec(name, spec["ip"], OTHER_HOSTS + GUIDE_HOSTS_LINE + b"\n", files=spec["files"], units=units_for("agent"))
              for name, spec in NODES.items()]
     with running_nodes(specs, client_key, tmp_path_factory.mktemp) as nodes:
         for node in nodes.values():  # the guide ran update-ca-certificates

@@ -13,6 +13,7 @@ import json
 import subprocess
 
 import pytest
+import yaml
 from google.protobuf import json_format, struct_pb2
 
 from components.node import ssh
@@ -32,6 +33,7 @@ from components.node.runner import (
 from components.node.scripts_resource import NodeScriptsProvider
 from components.node.shell import IN_SYNC
 from components.node.steps import ACTIONS, OBSERVED_STEPS, STEPS
+from components.node.steps.registries_edit import merge
 from components.node.target import STATE_ROOT
 
 from harness import GUIDE_CONFIG, evaluate
@@ -48,6 +50,7 @@ from nodebed import (
     running_nodes,
     scripts_outputs,
     scripts_resource,
+    units_for,
     write_scripts,
 )
 
@@ -139,6 +142,24 @@ def test_the_installer_writes_every_script_and_the_id_and_no_key(plans, tuned_cl
     assert plan.certificate_pem.splitlines()[1] in installer
     for key in tuned_cluster.of_type("tls:index/privateKey:PrivateKey"):
         assert not any(line in installer for line in key.outputs["privateKeyPem"].splitlines()[1:-1]), key.name
+
+
+@pytest.mark.parametrize(("port", "mirrors", "address", "caches"), [
+    ("443", [{"upstream": "ghcr.io", "port": 5443}], "registry.cube.local", {"ghcr.io": "registry.cube.local:5443"}),
+    ("5000", [{"upstream": "docker.io", "port": 443}], "registry.cube.local:5000", {"docker.io": "registry.cube.local"}),
+])
+def test_on_port_443_entries_are_keyed_by_the_bare_host_name_as_image_references_carry_it(port, mirrors, address, caches):
+    """containerd looks hosts configuration up by the reference's host as written, and an image
+    on 443 is written without a port: entries keyed host:443 would never apply."""
+    evaluation = evaluate({**GUIDE_CONFIG, "nodes": NODES, "port": port, "mirrors": mirrors})
+    assert GUIDE_CONFIG["hostname"] == "registry.cube.local"
+    assert evaluation.outputs["registryAddress"] == address
+    plan = declared_plan(evaluation, "cube01")
+    assert plan.address == address and dict(plan.caches) == caches
+    merged = yaml.safe_load(merge("", plan.address, "/ca.crt", caches=[{"upstream": u, "address": a} for u, a in plan.caches]))
+    assert merged["mirrors"][address] == {"endpoint": [f"https://{address}"]}
+    assert set(merged["configs"]) == {address, *caches.values()}
+    assert not any(key.endswith(":443") for key in (*merged["mirrors"], *merged["configs"]))
 
 
 # ------------------------------------------------------------------ as a resource input
@@ -311,7 +332,8 @@ def plan(resource):
 
 @pytest.fixture(scope="module")
 def node(node_ip, client_key, tmp_path_factory):
-    with running_nodes([NodeSpec(NODE, node_ip, f"127.0.0.1 localhost {NODE}\n".encode())], client_key,
+    with running_nodes([NodeSpec(NODE, node_ip, f"127.0.0.1 localhost {NODE}\n".encode(), units=units_for("agent"))],
+                       client_key,
                        tmp_path_factory.mktemp) as started:
         node = started[NODE]
         assert node.run_local(["update-ca-certificates", "--fresh"]).returncode == 0

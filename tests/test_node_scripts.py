@@ -13,7 +13,7 @@ from components.node.target import NodeTarget
 from harness import GUIDE_CONFIG, evaluate
 from testbed.certs import self_signed_cert
 from testbed.sshexec import ssh_run
-from testbed.sshnodes import start_node
+from testbed.sshnodes import K3S_AGENT, K3S_SERVER, RHEL_SECURE_PATH, Unit, start_node
 
 # The owner is a URN: `$` and `::` must survive the quoting.
 OWNER = "urn:pulumi:dev::k3s-registry::k3s-registry:index:ClusterNodes$k3s-registry:index:NodeConfiguration::nodes-cube01"
@@ -80,9 +80,12 @@ def test_the_settings_step_never_restarts_k3s_itself(scripts):
     assert "systemctl" not in scripts["k3s install"] and "rc-service" not in scripts["k3s install"]
 
 
-def test_only_a_server_waits_for_the_kubernetes_api(scripts):
-    assert "k3s kubectl get --raw=/readyz" in scripts["restart server"]
-    assert "readyz" not in scripts["restart"]
+def test_a_server_waits_for_the_kubernetes_api_and_an_agent_for_its_containerd(scripts):
+    assert '"$k3s" kubectl get --raw=/readyz' in scripts["restart server"]
+    assert "readyz" not in scripts["restart"] and '"$k3s" crictl info' in scripts["restart"]
+    # Never a blocking restart: k3s's units have TimeoutStartSec=0.
+    for script in (scripts["restart server"], scripts["restart"]):
+        assert 'systemctl restart --no-block "$unit"' in script and "systemctl restart k3s" not in script
 
 
 def test_sudo_is_used_only_for_non_root_users():
@@ -141,8 +144,10 @@ def test_a_file_that_is_not_a_mapping_is_refused():
 
 @pytest.fixture(scope="module")
 def odd_node(client_key, tmp_path_factory):
+    # Both units, so the agent's and the server's scripts can each run here.
     node = start_node("odd", "127.0.0.21", tmp_path_factory.mktemp("odd"),
-                      hosts_content=b"127.0.0.1 localhost odd\n", authorized_pubkey=client_key.public_key_line)
+                      hosts_content=b"127.0.0.1 localhost odd\n", authorized_pubkey=client_key.public_key_line,
+                      units=(K3S_SERVER, K3S_AGENT))
     yield node
     node.stop()
 
@@ -182,7 +187,8 @@ def test_a_restart_lost_to_a_failed_run_happens_on_the_next_run(odd_node, client
     status, stdout, _ = run(odd_node, scripts["k3s install"], client_key)
     assert status == 0 and b"registries.yaml: yes" in stdout
     odd_node.run_local(["sh", "-c", ("mv /usr/local/sbin/systemctl /usr/local/sbin/systemctl.real && "
-                        "printf '#!/bin/sh\\n[ \"$1\" = is-active ] && exit 0\\nexit 1\\n' > /usr/local/sbin/systemctl && "
+                        "printf '#!/bin/sh\\n[ \"$1\" = restart ] && exit 1\\nexec /usr/local/sbin/systemctl.real \"$@\"\\n' "
+                        "> /usr/local/sbin/systemctl && "
                         "chmod +x /usr/local/sbin/systemctl")])
     try:
         status, _, stderr = run(odd_node, scripts["restart"], client_key)
@@ -195,7 +201,7 @@ def test_a_restart_lost_to_a_failed_run_happens_on_the_next_run(odd_node, client
     status, stdout, stderr = run(odd_node, scripts["restart"], client_key)
     assert status == 0, stderr
     assert b"k3s-agent restarted" in stdout
-    assert [line for line in odd_node.restart_log() if "restart" in line.split()] == ["restart k3s-agent"]
+    assert [line for line in odd_node.restart_log() if "restart" in line.split()] == ["restart --no-block k3s-agent"]
     status, stdout, _ = run(odd_node, scripts["restart"], client_key)
     assert b"no restart" in stdout
     run(odd_node, scripts["restart remove"], client_key)
@@ -210,7 +216,8 @@ def test_a_k3s_that_does_not_come_back_fails_naming_the_node_and_the_unit(odd_no
     finally:
         odd_node.set_unit("k3s-agent", "active")
     assert status == 1
-    assert b"k3s-registry: node cube01: k3s-agent did not become active again within 5 s" in stderr
+    assert (b"k3s-registry: node cube01: k3s-agent did not come back within 5 s after the restart "
+            b"(still waiting for containerd (k3s crictl info))") in stderr
     assert run(odd_node, scripts["restart"], client_key)[0] == 0, "the restart is still due, and retried"
     run(odd_node, scripts["restart remove"], client_key)
     run(odd_node, scripts["k3s remove"], client_key)
@@ -345,3 +352,100 @@ def test_a_rotation_cut_short_before_the_rebuild_still_rebuilds_from_scratch(odd
     assert not odd_node.exists("/var/lib/k3s-registry/k3s-registry-dev-trust.replacing")
     run(odd_node, scripts["trust remove"], client_key)
     assert not odd_node.exists("/var/lib/k3s-registry")
+
+
+# ------------------------------------------------------------------ the k3s units as install.sh makes them
+
+def restart_once(node, target, client_key, *, timeout=3, user="root"):
+    """The k3s step then the restart step for ``target`` on ``node``; then the node given back."""
+    pem = self_signed_cert("k3s-registry-test-ca").cert_pem.decode()
+    try:
+        assert ssh_run(node, as_command(registries.registries_install_script(target, ADDRESS, pem), user),
+                       user=user, pkey=client_key.pkey())[0] == 0
+        return ssh_run(node, as_command(restart.restart_script(target, True, timeout), user), user=user,
+                       pkey=client_key.pkey(), timeout=60)
+    finally:
+        for script in (restart.restart_remove_script(target, ADDRESS, restart=False),
+                       registries.registries_remove_script(target, ADDRESS, restart=False)):
+            ssh_run(node, as_command(script, user), user=user, pkey=client_key.pkey())
+
+
+@pytest.mark.parametrize(("units", "found"), [((K3S_SERVER,), b"k3s"), ((Unit("k3s-edge", "agent"),), b"k3s-edge")])
+def test_a_role_whose_unit_the_node_lacks_fails_naming_the_role_and_the_units(client_key, tmp_path, units, found):
+    """A server listed as an agent (or a custom INSTALL_K3S_NAME): systemd says the unit is not
+    found; the step must fail, not report "not running" and record the restart as done."""
+    node = start_node("lacks", "127.0.0.22", tmp_path, hosts_content=b"127.0.0.1 localhost\n",
+                      authorized_pubkey=client_key.public_key_line, units=units)
+    try:
+        assert node.run_local(["systemctl", "is-active", "k3s-agent"]).stdout == b"inactive\n", "as systemd answers"
+        status, stdout, stderr = restart_once(node, TARGET, client_key)
+        assert status == 1, stdout
+        assert (b"k3s-registry: node cube01: role agent restarts the unit k3s-agent, which this node does not have "
+                b"(k3s units here: " + found + b"); set the node's role to match its unit") in stderr
+        assert not [line for line in node.restart_log() if "restart" in line.split()]
+    finally:
+        node.stop()
+
+
+def test_a_server_restart_that_never_completes_is_bounded_by_the_timeout(client_key, tmp_path):
+    """k3s's server unit is Type=notify with TimeoutStartSec=0: a blocking `systemctl restart`
+    waits for it forever (the test bed's systemctl does too). The step must give up in time."""
+    node = start_node("stuck", "127.0.0.23", tmp_path, hosts_content=b"127.0.0.1 localhost\n",
+                      authorized_pubkey=client_key.public_key_line)
+    try:
+        node.set_unit("k3s", "broken")
+        status, _, stderr = restart_once(node, SERVER, client_key, timeout=2)
+        assert status == 1
+        assert (b"k3s did not come back within 2 s after the restart (still waiting for k3s to be active)"
+                in stderr), stderr
+        assert node.run_local(["systemctl", "is-active", "k3s"]).stdout == b"activating\n"
+    finally:
+        node.stop()
+
+
+def test_an_exec_agent_is_back_only_once_its_containerd_answers(client_key, tmp_path):
+    """A Type=exec unit (an agent from an older install.sh) is active the moment k3s runs:
+    is-active alone would call it back before containerd has the new configuration."""
+    node = start_node("execagent", "127.0.0.24", tmp_path, hosts_content=b"127.0.0.1 localhost\n",
+                      authorized_pubkey=client_key.public_key_line, units=(K3S_AGENT,))
+    try:
+        node.set_restart_seconds(2)
+        status, stdout, stderr = restart_once(node, TARGET, client_key, timeout=10)
+        assert status == 0, stderr
+        assert [event for _, _, event in node.timeline()] == ["down", "up"], "seen ready, not only active"
+        assert b"k3s-agent restarted, back after about 2 s" in stdout or b"back after about 3 s" in stdout, stdout
+    finally:
+        node.stop()
+
+
+def test_a_server_behind_rhel_sudo_finds_k3s_where_install_sh_put_it(client_key, tmp_path):
+    """sudo's secure_path on RHEL has no /usr/local/bin: `k3s` is not on the script's PATH."""
+    node = start_node("rhel", "127.0.0.25", tmp_path, hosts_content=b"127.0.0.1 localhost\n",
+                      authorized_pubkey=client_key.public_key_line, sudo_secure_path=RHEL_SECURE_PATH)
+    try:
+        on_path = ssh_run(node, "sudo -n sh -c 'command -v k3s || echo none'", user="deploy", pkey=client_key.pkey())
+        assert on_path[1] == b"none\n", "the test bed's sudo must hide /usr/local/bin, as RHEL's does"
+        status, stdout, stderr = restart_once(node, SERVER, client_key, user="deploy")
+        assert status == 0, stderr
+        assert b"k3s restarted, back after about" in stdout
+        assert [event for _, _, event in node.timeline()] == ["down", "up"]
+    finally:
+        node.stop()
+
+
+def test_a_k3s_that_reads_another_registries_file_stops_the_step_naming_it(odd_node, client_key, scripts):
+    """--private-registry in k3s's config: our registries.yaml would never be read."""
+    odd_node.write_file("/etc/rancher/k3s/config.yaml.d/50-registries.yaml", "private-registry: /etc/k3s/registries.yaml\n")
+    try:
+        status, _, stderr = run(odd_node, scripts["k3s install"], client_key)
+        assert status == 1
+        assert (b"k3s-registry: node cube01: k3s here reads its registries from /etc/k3s/registries.yaml (private-registry "
+                b"in its config), not /etc/rancher/k3s/registries.yaml") in stderr, stderr
+        assert not odd_node.exists("/etc/rancher/k3s/registries.yaml")
+        odd_node.write_file("/etc/rancher/k3s/config.yaml.d/50-registries.yaml",
+                            "private-registry: /etc/rancher/k3s/registries.yaml\n")
+        status, _, stderr = run(odd_node, scripts["k3s install"], client_key)
+        assert status == 0, stderr
+    finally:
+        odd_node.remove("/etc/rancher/k3s/config.yaml.d")
+        run(odd_node, scripts["k3s remove"], client_key)

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from harness import NODE_SCRIPTS
-from nodebed import NodeSpec, file_times, free_addresses, running_nodes
+from nodebed import NodeSpec, file_times, free_addresses, running_nodes, units_for
 from pod import start_registry_pod
 from pulumi_real import PROVIDERS, RENDER_MODE_WARNINGS, RealStack, pins
 from test_manifest_scan import ALLOWED_SKIPS, checks, scan
@@ -55,7 +55,7 @@ NODES: dict[str, dict[str, Any]] = {
                 "hosts": b"127.0.0.1 localhost\n127.0.1.1 agent01\n10.9.9.9 registry.cube.test",
                 "files": {REGISTRIES_YAML: EXISTING_REGISTRIES}},
 }
-UNIT = {("server", "systemd"): "restart k3s", ("agent", "systemd"): "restart k3s-agent",
+UNIT = {("server", "systemd"): "restart --no-block k3s", ("agent", "systemd"): "restart --no-block k3s-agent",
         ("server", "openrc"): "k3s restart", ("agent", "openrc"): "k3s-agent restart"}
 
 
@@ -68,7 +68,8 @@ def addresses():
 
 @pytest.fixture(scope="module")
 def cluster(client_key, tmp_path_factory, addresses):
-    specs = [NodeSpec(name, addresses[name], spec["hosts"], spec["init"], spec["files"]) for name, spec in NODES.items()]
+    specs = [NodeSpec(name, addresses[name], spec["hosts"], spec["init"], spec["files"], units_for(spec["role"]))
+             for name, spec in NODES.items()]
     specs.append(NodeSpec("outsider", addresses["outsider"], f"127.0.0.1 localhost\n{REGISTRY_IP} {HOSTNAME}\n".encode()))
     with running_nodes(specs, client_key, tmp_path_factory.mktemp) as started:
         yield started
@@ -213,26 +214,41 @@ def test_only_the_pinned_plugins_are_installed_and_nothing_is_downloaded(stack):
 
 @pytest.fixture(scope="module")
 def first_preview(stack):
-    return stack.preview().check()
+    # The engine's own account of the plan (--json), not the display, whose lines a busy
+    # machine can print in other shapes.
+    return stack.preview("--json").check()
+
+
+def planned_steps(run) -> set[tuple[str, str, str]]:
+    """(op, type, name) of every step a `pulumi preview --json` plans; the type is the URN's
+    last type (a child's URN carries its parents' types before it, separated by $)."""
+    steps = json.loads(run.stdout)["steps"]
+    found = set()
+    for step in steps:
+        *_, types, name = step["urn"].split("::")
+        found.add((step["op"], types.split("$")[-1], name))
+    return found
 
 
 def test_preview_shows_every_create_and_touches_no_node(first_preview, managed, before):
-    creates = {(type_, name) for op, type_, name in changes_of(first_preview) if op == "+"}
+    creates = {(type_, name) for op, type_, name in planned_steps(first_preview) if op == "create"}
     for name in NODES:
         assert (NODE_SCRIPTS, f"nodes-{name}-scripts") in creates
         for step in ("trust", "hosts", "k3s", "restart"):
             assert ("command:remote:Command", f"nodes-{name}-{step}") in creates
     assert ("kubernetes:apps/v1:Deployment", "registry-deployment") in creates
-    assert ("tls:index:PrivateKey", "registry-ca-key") in creates
+    assert ("tls:index/privateKey:PrivateKey", "registry-ca-key") in creates  # a URN's type token, in full
     for node in managed:
         assert node.snapshot() == before[node.name], f"a preview changed {node.name}"
 
 
 def test_no_plugin_warning_and_no_download(first_preview):
-    warnings = [line for line in first_preview.output.splitlines() if "warning" in line.lower()]
+    diagnostics = json.loads(first_preview.stdout).get("diagnostics", [])
+    warnings = [d["message"] for d in diagnostics if d["severity"] == "warning"]
     # The only warnings are the kubernetes provider's, about the rendering it was asked for.
-    assert all(any(expected in line for expected in RENDER_MODE_WARNINGS) for line in warnings), warnings
-    assert not re.search(r"(?i)download|plugin", first_preview.output), first_preview.output
+    assert all(any(expected in message for expected in RENDER_MODE_WARNINGS) for message in warnings), warnings
+    said = "\n".join(d["message"] for d in diagnostics) + first_preview.stderr
+    assert not re.search(r"(?i)download|plugin", said), said
 
 
 @pytest.fixture(scope="module")

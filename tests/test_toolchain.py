@@ -83,3 +83,13 @@ def test_scripts_toolchain_refuses_an_edited_vendored_file(tmp_path):
     assert done.returncode != 0
     assert "pulumi-resource-command/main.go differs from upstream (pulumi/pulumi-command@v1.2.1" in done.stderr
     assert not (tmp_path / "cache" / "parts").exists() or not any((tmp_path / "cache" / "parts").iterdir())
+
+
+def test_each_wrapper_module_requires_the_pinned_release():
+    """A pin names the release its Go wrapper module builds: the go.mod must require exactly it.
+    (The kubernetes provider's module is required at the pseudo-version of its release tag.)"""
+    modules = {"kube-apiserver": "k8s.io/kubernetes", "etcd": "go.etcd.io/etcd/server/v3",
+               "wharfie": "github.com/rancher/wharfie"}
+    for name, module in modules.items():
+        go_mod = (PROJECT_DIR / "toolchain" / name / "go.mod").read_text()
+        assert re.search(rf"^\s*(require\s+)?{re.escape(module)} v{re.escape(pins()[name])}$", go_mod, re.MULTILINE), name

@@ -22,11 +22,12 @@ from io import BytesIO
 
 import pytest
 
-from nodebed import NodeSpec, free_addresses, running_nodes
+from nodebed import NodeSpec, free_addresses, running_nodes, units_for
 from pulumi_real import PROJECT_DIR, RealStack
 
 PREVIOUS_RELEASE = "e734ff7"  # the last commit with the scripts in the command texts
 FLAT_LAYOUT = "38fef85"  # the last commit with every module in one components/ folder
+LAYOUT_CHANGE = "e7616a0"  # the commit that split it into components/cluster/ and components/node/
 OLD_OBSERVATION = "pulumi-python:dynamic/k3s-registry:NodeStepObservation"
 NEW_SCRIPTS = "pulumi-python:dynamic/k3s-registry:NodeScripts"
 HOSTNAME = "registry.upgrade.test"
@@ -55,7 +56,7 @@ def snapshot(node) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def cluster(client_key, tmp_path_factory):
     ips = free_addresses(CANDIDATE_IPS, 2)
-    specs = [NodeSpec("control01", ips[0], HOSTS), NodeSpec("cube01", ips[1], HOSTS)]
+    specs = [NodeSpec("control01", ips[0], HOSTS), NodeSpec("cube01", ips[1], HOSTS, units=units_for("agent"))]
     with running_nodes(specs, client_key, tmp_path_factory.mktemp) as nodes:
         for node in nodes.values():
             assert node.run_local(["update-ca-certificates", "--fresh"]).returncode == 0
@@ -111,9 +112,10 @@ def test_an_upgrade_from_the_previous_release_keeps_every_node_configured(cluste
 
 
 def test_a_stack_made_before_the_layout_change_sees_no_changes(cluster, client_key, kube_api, tmp_path):
-    """The modules moved (components/cluster/, components/node/): no resource, URN, input or
-    node script changed, so a stack made by the flat layout previews and updates with no change.
-    Its refresh loads the NodeScripts provider pickled under the old module name."""
+    """The modules moved (components/cluster/, components/node/) in one commit that changed no
+    resource, URN, input or node script: a stack made by the flat layout previews and updates
+    with that commit's program with no change. Its refresh loads the NodeScripts provider
+    pickled under the old module name (components/drift.py keeps it, in this clone too)."""
     before = {name: snapshot(node) for name, node in cluster.items()}
     stack = RealStack(tmp_path / "stack", STACK, kubeconfig=kube_api.kubeconfig_path,
                       render_dir=tmp_path / "rendered", source=previous_release_tree(tmp_path, FLAT_LAYOUT))
@@ -128,12 +130,18 @@ def test_a_stack_made_before_the_layout_change_sees_no_changes(cluster, client_k
     assert pickled and all(b"components.drift" in provider for provider in pickled), "the old module name"
     configured = {name: snapshot(node) for name, node in cluster.items()}
 
-    stack.use_program(PROJECT_DIR)
+    stack.use_program(previous_release_tree(tmp_path, LAYOUT_CHANGE))
     stack.preview("--expect-no-changes").check()
     stack.up("--expect-no-changes").check()
     assert {r["urn"] for r in stack.resources()} == made, "no URN changed"
     for name, node in cluster.items():
         assert snapshot(node) == configured[name], name
+    # And this clone's program, whose node scripts have changed since, still refreshes the
+    # old pickles (through components/drift.py) and converges in one up.
+    stack.use_program(PROJECT_DIR)
+    stack.up().check()
+    assert {r["urn"] for r in stack.resources()} == made, "no URN changed"
+    stack.up("--expect-no-changes").check()
     stack.destroy().check()
     for name, node in cluster.items():
         assert snapshot(node) == before[name], name

@@ -34,8 +34,18 @@ from .naming import (
 def proxy_environment(
     mirror: MirrorSettings, upstream_secret_name: pulumi.Input[str] | None
 ) -> list[k8s.core.v1.EnvVarArgs]:
-    """distribution's proxy mode: a read-only pull-through cache of ``mirror.url``."""
-    env = [k8s.core.v1.EnvVarArgs(name="REGISTRY_PROXY_REMOTEURL", value=mirror.url)]
+    """distribution's proxy mode: a read-only pull-through cache of ``mirror.url``.
+
+    Expiry is a delete: when an entry's ttl runs out, distribution's scheduler deletes the blob or
+    manifest through the local store (registry/proxy/proxyregistry.go, OnBlobExpire and
+    OnManifestExpire), which refuses unless ``storage.delete.enabled`` (linkedBlobStore.Delete:
+    ErrUnsupported); the scheduler then drops the entry anyway, so without it nothing ever leaves
+    the volume. Clients still cannot delete from a cache: the proxy stores refuse every Delete.
+    """
+    env = [
+        k8s.core.v1.EnvVarArgs(name="REGISTRY_PROXY_REMOTEURL", value=mirror.url),
+        k8s.core.v1.EnvVarArgs(name="REGISTRY_STORAGE_DELETE_ENABLED", value="true"),
+    ]
     if upstream_secret_name is not None:
         env += [
             k8s.core.v1.EnvVarArgs(

@@ -119,7 +119,8 @@ def _mirror_entry(index: int, entry: Any, image: str) -> dict[str, Any]:
     ttl = entry.get("ttl")
     if ttl is not None:
         if not isinstance(ttl, str) or not _DURATION.match(ttl):
-            fail(f"{where}: ttl {ttl!r} is not a duration; use a Go duration such as 168h or 720h")
+            fail(f"{where}: ttl {ttl!r} is not a duration; use a Go duration such as 168h or 720h, or 0s to keep "
+                 "cached content until it is deleted by hand (offline use)")
         if not _image_major_at_least(image, 3):
             fail(
                 f"{where}: ttl needs registry 3 (image registry:3.x); the registry 2.8 in {image} keeps "

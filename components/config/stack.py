@@ -166,11 +166,12 @@ def parse_settings(
     if any(mirror.password is not None for mirror in registry.mirrors):
         # A nested secret (set with --secret --path) makes the whole key a secret.
         require_secret("mirrors", "pulumi config set --secret --path 'mirrors[0].password'")
-    if registry.existing_claim is not None and registry.storage_class is not None:
+    # With existingClaim the class is only the caches' (the registry's claim has its class already).
+    if registry.existing_claim is not None and registry.storage_class is not None and not registry.mirrors:
         read.problem(
             "storageClass",
-            f"is not used with existingClaim ({registry.existing_claim}): the claim already has its class; "
-            "remove storageClass",
+            f"is used only for the caches' claims when existingClaim is set ({registry.existing_claim} already "
+            "has its class), and no mirrors are configured; remove storageClass",
         )
     node_access = NodeAccessSettings(
         nodes=read.value("nodes", parse_nodes, (), json_value=True),

@@ -57,6 +57,7 @@ NODE_PRIVATE_PREFIXES: tuple[str, ...] = (
     "/run",
     "/usr/local/share/ca-certificates",
     "/usr/local/sbin",
+    "/usr/local/bin",
 )
 
 # --pid --fork makes sshd PID 1 of the node: orphans of SSH sessions are
@@ -74,83 +75,211 @@ _UNSHARE: tuple[str, ...] = (
     "private",
 )
 
-_OVERLAID_DIRS: tuple[str, ...] = ("/etc", "/var/lib")
+_OVERLAID_DIRS: tuple[str, ...] = ("/etc", "/var/lib", "/usr/local/bin")
 
-# The units of a node live in /run/testbed-units (private to the node): a file per unit holding
-# active (the default), inactive (stopped by its administrator), broken (active, but a restart
-# never comes back: never-back) or restarting:<epoch> (active again from then on). A restart is recorded on the node's
-# timeline when the unit goes down and when it is first seen up again, so a test can show that
-# no two servers were down at once. <units>/restart-seconds sets how long a restart takes.
+# The node's k3s units, as k3s's install.sh makes them (k3s-io/k3s install.sh: setup_env,
+# create_systemd_service_file, create_openrc_service_file): systemd units in
+# /etc/systemd/system/<name>.service with Type=notify (every install.sh today; an agent made by
+# an older install.sh has Type=exec), TimeoutStartSec=0 and ExecStart=<BIN_DIR>/k3s <command>;
+# OpenRC scripts in /etc/init.d/<name> with command="<BIN_DIR>/k3s" under supervise-daemon.
+# BIN_DIR is /usr/local/bin. A node has only the units it is given: a server's "k3s", an
+# agent's "k3s-agent", or a custom name (INSTALL_K3S_NAME).
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    command: Literal["server", "agent"] = "server"
+    type: Literal["notify", "exec"] = "notify"
+
+
+K3S_SERVER = Unit("k3s", "server", "notify")
+K3S_AGENT = Unit("k3s-agent", "agent", "exec")
+K3S_BINARY = "/usr/local/bin/k3s"
+RHEL_SECURE_PATH = "/sbin:/bin:/usr/sbin:/usr/bin"
+"""sudo's secure_path on RHEL and its rebuilds (no /usr/local/bin, where install.sh puts k3s)."""
+
+_UNITS_DIR = "/run/testbed-units"
+_UNIT_TOOL_PATH = "/usr/local/sbin/testbed-unit"
+
+# The units' states live in /run/testbed-units (private to the node): per unit, <name>.type
+# (notify or exec) and <name>.command (server or agent), written when the node starts: a unit
+# without them does not exist. <name> holds its state: active (the default), inactive (stopped
+# by its administrator), broken (active, but a restart never comes back: never-back) or
+# restarting:<epoch> (ready from then on); <name>.invocation counts its starts (systemd's
+# InvocationID). A notify unit is "activating" until it is ready, as systemd reports it; an exec
+# unit is "active" as soon as it runs, ready or not; k3s (below) answers only once it is ready.
+# A restart is recorded on the node's timeline when the unit goes down and when it is first
+# seen ready, so a test can show that no two servers were down at once. restart-seconds sets
+# how long a restart takes.
 _UNIT_TOOL = """#!/bin/sh
-# testbed unit states: testbed-unit state UNIT | testbed-unit restart UNIT
-units=/run/testbed-units
+# testbed unit states: testbed-unit exists|state|ready|wait|restart|invocation|command UNIT
+units={units}
 mkdir -p "$units"
 now() {{ date +%s.%N; }}
 mark() {{ printf '%s %s %s\\n' "$(now)" "$1" "$2" >> {timeline} 2>/dev/null || true; }}
-state=$(cat "$units/$2" 2>/dev/null || echo active)
+unit=$2
+[ -e "$units/$unit.type" ] || {{ [ "$1" = exists ] && exit 1; echo inactive; exit 3; }}
+type=$(cat "$units/$unit.type")
+state=$(cat "$units/$unit" 2>/dev/null || echo active)
+case $state in
+  restarting:*)
+    if awk -v t="${{state#restarting:}}" -v n="$(now)" 'BEGIN {{ exit !(n >= t) }}'; then
+      echo active > "$units/$unit"
+      mark "$unit" up
+      state=active
+    fi
+    ;;
+esac
+ready=no
+case $state in active|broken) ready=yes ;; esac
 case $1 in
+  exists) ;;
+  command) cat "$units/$unit.command" ;;
+  invocation) cat "$units/$unit.invocation" 2>/dev/null || echo 1 ;;
   state)
     case $state in
-      broken) state=active ;;
-      never-back) state=failed ;;
-      restarting:*)
-        if awk -v t="${{state#restarting:}}" -v n="$(now)" 'BEGIN {{ exit !(n >= t) }}'; then
-          echo active > "$units/$2"
-          mark "$2" up
-          state=active
-        else
-          state=activating
-        fi
-        ;;
+      inactive) echo inactive ;;
+      *) if [ "$ready" = yes ] || [ "$type" = exec ]; then echo active; else echo activating; fi ;;
     esac
-    echo "$state"
+    ;;
+  ready) [ "$ready" = yes ] ;;
+  wait)
+    # A blocking start of a notify unit returns once the unit is ready; with TimeoutStartSec=0
+    # it never gives up.
+    if [ "$type" = notify ]; then
+      until "$0" ready "$unit"; do sleep 0.1; done
+    fi
     ;;
   restart)
-    mark "$2" down
+    mark "$unit" down
+    invocation=$(cat "$units/$unit.invocation" 2>/dev/null || echo 1)
+    echo "$((invocation + 1))" > "$units/$unit.invocation"
     if [ "$state" = broken ] || [ "$state" = never-back ]; then
-      echo never-back > "$units/$2"
+      echo never-back > "$units/$unit"
     else
       delay=$(cat "$units/restart-seconds" 2>/dev/null || echo 0)
-      echo "restarting:$(awk -v n="$(now)" -v d="$delay" 'BEGIN {{ printf "%.3f", n + d }}')" > "$units/$2"
+      echo "restarting:$(awk -v n="$(now)" -v d="$delay" 'BEGIN {{ printf "%.3f", n + d }}')" > "$units/$unit"
     fi
     ;;
 esac
 """
 
+# systemctl as systemd answers these calls (and only these: anything else is refused, so a
+# script that needs more shows here first). A unit that does not exist: is-active prints
+# inactive (exit 3), show reports LoadState=not-found, restart fails with exit 5.
 _FAKE_SYSTEMCTL = """#!/bin/sh
 # testbed fake systemctl: records its argv; units as testbed-unit keeps them.
 printf '%s\\n' "$*" >> {log} 2>/dev/null || true
+unit_tool={unit_tool}
+name() {{ echo "${{1%.service}}"; }}
+unsupported() {{ echo "testbed systemctl: unsupported arguments: $*" >&2; exit 64; }}
 case $1 in
   is-active)
-    if [ "$2" = --quiet ]; then state=$(testbed-unit state "$3"); else state=$(testbed-unit state "$2"); echo "$state"; fi
-    [ "$state" = active ]
+    if [ "$2" = --quiet ]; then state=$("$unit_tool" state "$(name "$3")")
+    else state=$("$unit_tool" state "$(name "$2")"); echo "$state"; fi
+    [ "$state" = active ] || exit 3
     ;;
-  is-enabled) if [ "$2" != --quiet ]; then echo enabled; fi ;;
-  restart) testbed-unit restart "$2" ;;
+  is-enabled)
+    if [ "$2" = --quiet ]; then unit=$3; else unit=$2; fi
+    if "$unit_tool" exists "$(name "$unit")"; then [ "$2" = --quiet ] || echo enabled; else
+      [ "$2" = --quiet ] || echo "Failed to get unit file state for $(name "$unit").service: No such file or directory" >&2
+      exit 1
+    fi
+    ;;
+  show)
+    case $2 in --property=*) property=${{2#--property=}} ;; *) unsupported "$@" ;; esac
+    [ "$3" = --value ] || unsupported "$@"
+    unit=$(name "$4")
+    if ! "$unit_tool" exists "$unit"; then
+      case $property in
+        LoadState) echo not-found ;;
+        ActiveState) echo inactive ;;
+        InvocationID|ExecStart) echo ;;
+        *) unsupported "$@" ;;
+      esac
+      exit 0
+    fi
+    case $property in
+      LoadState) echo loaded ;;
+      ActiveState) "$unit_tool" state "$unit" || true ;;
+      InvocationID) printf '%032x\\n' "$("$unit_tool" invocation "$unit")" ;;
+      ExecStart)
+        printf '{{ path=%s ; argv[]=%s %s ; ignore_errors=no ; start_time=[n/a] ; stop_time=[n/a] ; pid=0 ; '\\
+'code=(null) ; status=0/0 }}\\n' \\
+          {k3s} {k3s} "$("$unit_tool" command "$unit")"
+        ;;
+      *) unsupported "$@" ;;
+    esac
+    ;;
+  list-unit-files)
+    [ "$2" = --no-legend ] || unsupported "$@"
+    for file in /etc/systemd/system/*.service; do
+      [ -e "$file" ] || continue
+      unit=${{file##*/}}
+      # shellcheck disable=SC2254  # the pattern is the caller's glob
+      case $unit in $3) echo "$unit enabled enabled" ;; esac
+    done
+    ;;
+  restart)
+    block=yes
+    if [ "$2" = --no-block ]; then block=no; shift; fi
+    unit=$(name "$2")
+    if ! "$unit_tool" exists "$unit"; then echo "Failed to restart $unit.service: Unit $unit.service not found." >&2; exit 5; fi
+    "$unit_tool" restart "$unit"
+    if [ "$block" = yes ]; then "$unit_tool" wait "$unit"; fi
+    ;;
+  *) unsupported "$@" ;;
 esac
 """
 
+# rc-service as OpenRC's answers these calls. supervise-daemon reports a service started once it
+# has started k3s, ready or not.
 _FAKE_RC_SERVICE = """#!/bin/sh
 # testbed fake rc-service (OpenRC): records its argv; units as testbed-unit keeps them.
 printf '%s\\n' "$*" >> {log} 2>/dev/null || true
+unit_tool={unit_tool}
+if [ "$1" = --exists ] || [ "$1" = -e ]; then "$unit_tool" exists "$2"; exit; fi
+if ! "$unit_tool" exists "$1"; then echo " * rc-service: service \\`$1' does not exist" >&2; exit 1; fi
 case $2 in
   status)
-    state=$(testbed-unit state "$1")
-    if [ "$state" = active ]; then echo ' * status: started'; else echo " * status: $state"; exit 3; fi
+    state=$("$unit_tool" state "$1" || true)
+    if [ "$state" = inactive ]; then echo ' * status: stopped'; exit 3; else echo ' * status: started'; fi
     ;;
-  restart) testbed-unit restart "$1" ;;
+  restart) "$unit_tool" restart "$1" ;;
+  *) echo "testbed rc-service: unsupported arguments: $*" >&2; exit 64 ;;
 esac
 """
 
-# k3s on a server: only `k3s kubectl get --raw=/readyz`, answered while the k3s unit is active.
+# k3s: `k3s kubectl get --raw=/readyz` answers once a server unit is ready, `k3s crictl info`
+# once the running k3s units all are (containerd is k3s's child, restarted with it; a node whose
+# tests need both a server's and an agent's unit has one containerd for both).
 _FAKE_K3S = """#!/bin/sh
-# testbed fake k3s: the API answers while the k3s unit is active.
-if [ "$(testbed-unit state k3s)" = active ]; then
-  echo ok
+# testbed fake k3s: kubectl get --raw=/readyz and crictl info, answered by ready units.
+unit_tool={unit_tool}
+want=
+case "$*" in
+  "kubectl get --raw=/readyz") want=server ;;
+  "crictl info") want=any ;;
+  *) echo "testbed k3s: unsupported arguments: $*" >&2; exit 64 ;;
+esac
+ready=no
+for file in {units}/*.type; do
+  [ -e "$file" ] || continue
+  unit=${{file##*/}}
+  unit=${{unit%.type}}
+  if [ "$want" = any ]; then
+    if "$unit_tool" ready "$unit"; then ready=yes
+    elif [ "$("$unit_tool" state "$unit" || true)" != inactive ]; then ready=no; break; fi
+  elif [ "$("$unit_tool" command "$unit")" = server ] && "$unit_tool" ready "$unit"; then
+    ready=yes
+  fi
+done
+if [ "$ready" = yes ]; then echo ok; exit 0; fi
+if [ "$want" = server ]; then
+  echo 'The connection to the server 127.0.0.1:6443 was refused - did you specify the right host or port?' >&2
 else
-  echo 'The connection to the server 127.0.0.1:6443 was refused' >&2
-  exit 1
+  echo 'validate service connection: validate CRI v1 runtime API for endpoint "unix:///run/k3s/containerd/containerd.sock"' >&2
 fi
+exit 1
 """
 
 _SSHD_CONFIG = """# testbed sshd for node {name}
@@ -317,10 +446,16 @@ def start_node(
     authorized_pubkey: str,
     init: Init = "systemd",
     extra_files: dict[str, bytes] | None = None,
+    units: tuple[Unit, ...] = (K3S_SERVER,),
+    sudo_secure_path: str | None = None,
     timeout: float = 10.0,
 ) -> TestNode:
-    """Start one node and wait until its sshd accepts connections."""
-    node = _launch(name, ip, workdir, hosts_content, authorized_pubkey, init, extra_files or {})
+    """Start one node and wait until its sshd accepts connections.
+
+    ``units``: the k3s units the node has (a server's by default); ``sudo_secure_path``: the
+    PATH sudo gives a command, when it is not Debian's (e.g. RHEL_SECURE_PATH).
+    """
+    node = _launch(name, ip, workdir, hosts_content, authorized_pubkey, init, extra_files or {}, units, sudo_secure_path)
     _await_node(node, timeout)
     return node
 
@@ -332,13 +467,14 @@ def start_nodes(
     hosts_content: bytes,
     authorized_pubkey: str,
     init: Init = "systemd",
+    units: tuple[Unit, ...] = (K3S_SERVER,),
     timeout: float = 10.0,
 ) -> list[TestNode]:
     """Start several nodes ``[(name, ip), ...]`` in parallel (same settings).
 
     If any node fails, the ones already started are stopped before raising.
     """
-    nodes = [_launch(name, ip, workdir, hosts_content, authorized_pubkey, init, {}) for name, ip in specs]
+    nodes = [_launch(name, ip, workdir, hosts_content, authorized_pubkey, init, {}, units, None) for name, ip in specs]
     try:
         for node in nodes:
             _await_node(node, timeout)
@@ -360,6 +496,8 @@ def _launch(
     authorized_pubkey: str,
     init: Init,
     extra_files: dict[str, bytes],
+    units: tuple[Unit, ...],
+    sudo_secure_path: str | None,
 ) -> TestNode:
     """Prepare the node's directory and start its namespace (no waiting)."""
     if not ip.startswith("127."):
@@ -370,7 +508,14 @@ def _launch(
     ndir = (workdir / name).resolve()
     ndir.mkdir(parents=True, exist_ok=False)
     host_key = _make_host_key(ndir)
+    if init != "none":
+        extra_files = {**_unit_files(init, units), **extra_files}
+    if sudo_secure_path is not None:
+        extra_files = {**extra_files, "/etc/sudoers.d/secure-path": f'Defaults secure_path="{sudo_secure_path}"\n'.encode()}
     _write_node_files(ndir, name, ip, host_key, hosts_content, authorized_pubkey, init, extra_files)
+    setup = ndir / "setup.sh"
+    states = _unit_states(units if init != "none" else ())
+    setup.write_text(setup.read_text().replace("exec /usr/sbin/sshd", states + "exec /usr/sbin/sshd"))
     with open(ndir / "sshd.log", "wb") as log:
         proc = subprocess.Popen(
             [*_UNSHARE, "/bin/sh", str(ndir / "setup.sh")],
@@ -468,13 +613,18 @@ def _write_init_tool(sbin: Path, init: Init, log: Path) -> None:
     timeline = log.with_name("init-timeline.log")
     timeline.write_text("")
     timeline.chmod(0o666)
-    for name, content in (
-        (tool, text.format(log=shlex.quote(str(log)))),
-        ("testbed-unit", _UNIT_TOOL.format(timeline=shlex.quote(str(timeline)))),
-        ("k3s", _FAKE_K3S),
+    values = {"log": shlex.quote(str(log)), "timeline": shlex.quote(str(timeline)), "units": _UNITS_DIR,
+              "unit_tool": _UNIT_TOOL_PATH, "k3s": K3S_BINARY}
+    # k3s where install.sh puts it (the node's /usr/local/bin is an overlay: this is its upper dir).
+    bin_dir = sbin.parent / "upper" / K3S_BINARY.strip("/").rsplit("/", 1)[0]
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    for path, content in (
+        (sbin / tool, text.format(**values)),
+        (sbin / "testbed-unit", _UNIT_TOOL.format(**values)),
+        (bin_dir / "k3s", _FAKE_K3S.format(**values)),
     ):
-        (sbin / name).write_text(content)
-        (sbin / name).chmod(0o755)
+        path.write_text(content)
+        path.chmod(0o755)
 
 
 def _q(path: Path | str) -> str:
@@ -518,6 +668,34 @@ def _setup_script(ndir: Path, name: str, init: Init, extra_paths: list[str]) -> 
         lines.append(f'mkdir -p -- "$(dirname -- {_q(path)})"')
         lines.append(f"cat {_q(ndir / 'extra' / str(i))} > {_q(path)}")
     lines.append(f"exec /usr/sbin/sshd -D -e -f {_q(ndir / 'sshd_config')}")
+    return "\n".join(lines) + "\n"
+
+
+def _unit_files(init: Init, units: tuple[Unit, ...]) -> dict[str, bytes]:
+    """The units' files as install.sh writes them (the parts a script may read)."""
+    files = {}
+    for unit in units:
+        if init == "systemd":
+            files[f"/etc/systemd/system/{unit.name}.service"] = (
+                "[Unit]\nDescription=Lightweight Kubernetes\n\n[Service]\n"
+                f"Type={unit.type}\nKillMode=process\nTimeoutStartSec=0\nRestart=always\nRestartSec=5s\n"
+                f"ExecStart={K3S_BINARY} \\\n    {unit.command} \\\n\n"
+            ).encode()
+        else:
+            files[f"/etc/init.d/{unit.name}"] = (
+                "#!/sbin/openrc-run\n\nsupervisor=supervise-daemon\n"
+                f'name={unit.name}\ncommand="{K3S_BINARY}"\ncommand_args="{unit.command}\n'
+                f'    >>/var/log/{unit.name}.log 2>&1"\n'
+            ).encode()
+    return files
+
+
+def _unit_states(units: tuple[Unit, ...]) -> str:
+    """Setup-script lines that register the units with the test bed's init tools (in /run)."""
+    lines = [f"mkdir -p {_UNITS_DIR}"]
+    for unit in units:
+        lines += [f"echo {unit.type} > {_UNITS_DIR}/{unit.name}.type",
+                  f"echo {unit.command} > {_UNITS_DIR}/{unit.name}.command"]
     return "\n".join(lines) + "\n"
 
 

@@ -124,6 +124,12 @@ current="$registries"
 caches={q(caches_json(caches))}
 old_caches=
 if [ -e "$state/caches" ]; then old_caches=$(cat "$state/caches"); fi
+# k3s reads another file when its config says so (--private-registry): this one would not apply.
+elsewhere=$(edit_registries private-registry {q(K3S_CONFIG_DIR)}/config.yaml {q(K3S_CONFIG_DIR)}/config.yaml.d/*.yaml)
+if [ -n "$elsewhere" ] && [ "$elsewhere" != "$registries" ]; then
+  fail "k3s here reads its registries from $elsewhere (private-registry in its config), not $registries; \
+remove private-registry from the k3s config or point it at $registries"
+fi
 {forget_guide}edit_registries merge "$current" "$address" "$ca_file" "$old_address" "$caches" "$old_caches" > "$work/registries"
 registries_changed=no
 if [ ! -e "$registries" ] || ! cmp -s "$work/registries" "$registries"; then
@@ -283,11 +289,13 @@ def entry(document, section, address):
     return entries.get(address) if isinstance(entries, dict) else None
 
 
-def mirror_findings(document, name, address):
+def mirror_findings(document, name, address, others=()):
+    """``others``: keys of someone else's entry we added our endpoint to (a cache's upstream)."""
     mirror = entry(document, "mirrors", name)
     if mirror is None:
         return ["registries.yaml has no mirror for " + name]
-    if mirror != {"endpoint": ["https://" + address]}:
+    ours = isinstance(mirror, dict) and mirror.get("endpoint") == ["https://" + address]
+    if not ours or set(mirror) - {"endpoint"} - set(others):
         return ["registries.yaml: the mirror for " + name + " is not https://" + address + " alone"]
     return []
 
@@ -322,7 +330,7 @@ def main(path, address, ca_file, caches="[]"):
     else:
         found = mirror_findings(document, address, address) + config_findings(document, address, ca_file, auth)
         for cache in json.loads(caches):
-            found += mirror_findings(document, cache["upstream"], cache["address"])
+            found += mirror_findings(document, cache["upstream"], cache["address"], ("rewrite",))
             found += config_findings(document, cache["address"], ca_file, auth)
     if found:
         print("; ".join(found))
