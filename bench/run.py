@@ -447,7 +447,7 @@ def main(argv=None) -> int:
         return 2
     reps = 1 if args.quick else 5
 
-    from nodebed import NodeSpec, free_addresses, running_nodes
+    from nodebed import NodeSpec, free_addresses, running_nodes, units_for
     from testbed.sshexec import generate_client_key
 
     evals = measure_evaluations(EVAL_SIZES_QUICK if args.quick else EVAL_SIZES_FULL, 1 if args.quick else 3)
@@ -455,7 +455,7 @@ def main(argv=None) -> int:
     try:
         client_key = generate_client_key(work / "client-key")
         ips = free_addresses(CANDIDATES, len(ROLES))
-        specs = [NodeSpec(name, ip, HOSTS) for name, ip in zip(ROLES, ips, strict=True)]
+        specs = [NodeSpec(name, ip, HOSTS, units=units_for(ROLES[name])) for name, ip in zip(ROLES, ips, strict=True)]
 
         def workdir_for(name: str) -> Path:
             path = work / "nodes" / name

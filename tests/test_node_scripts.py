@@ -32,6 +32,7 @@ def scripts(certificate_pem):
     return {
         "trust install": trust.trust_install_script(TARGET, certificate_pem),
         "trust remove": trust.trust_remove_script(TARGET),
+        "trust probe": trust.trust_probe_script(TARGET, certificate_pem),
         "hosts install": hosts.hosts_install_script(TARGET, "registry.cube.local", "192.168.0.202"),
         "hosts remove": hosts.hosts_remove_script(TARGET),
         "k3s install": registries.registries_install_script(TARGET, ADDRESS, certificate_pem),
@@ -77,12 +78,15 @@ def test_k3s_restart_is_left_to_the_user_when_turned_off(scripts):
 
 
 def test_the_settings_step_never_restarts_k3s_itself(scripts):
-    assert "systemctl" not in scripts["k3s install"] and "rc-service" not in scripts["k3s install"]
+    # It reads the unit's command line (a --private-registry flag), and never restarts anything.
+    assert "systemctl restart" not in scripts["k3s install"] and "rc-service" not in scripts["k3s install"]
+    assert "restart_k3s" not in scripts["k3s install"]
 
 
 def test_a_server_waits_for_the_kubernetes_api_and_an_agent_for_its_containerd(scripts):
     assert '"$k3s" kubectl get --raw=/readyz' in scripts["restart server"]
-    assert "readyz" not in scripts["restart"] and '"$k3s" crictl info' in scripts["restart"]
+    assert "readyz" not in scripts["restart"]
+    assert '"$k3s" crictl --runtime-endpoint unix:///run/k3s/containerd/containerd.sock info' in scripts["restart"]
     # Never a blocking restart: k3s's units have TimeoutStartSec=0.
     for script in (scripts["restart server"], scripts["restart"]):
         assert 'systemctl restart --no-block "$unit"' in script and "systemctl restart k3s" not in script
@@ -156,16 +160,45 @@ def run(node, script, client_key):
     return ssh_run(node, as_command(script, "root"), pkey=client_key.pkey())
 
 
-def test_an_unsupported_os_fails_naming_the_node_and_the_os(odd_node, client_key, scripts):
-    odd_node.run_local(["sh", "-c", ("rm -f /etc/os-release && "
-                        "printf 'ID=alpine\\nPRETTY_NAME=\"Alpine Linux v3.20\"\\n' > /etc/os-release")])
+def with_os_release(node, content: str):
+    node.run_local(["sh", "-c", f"rm -f /etc/os-release && printf '%s' '{content}' > /etc/os-release"])
+
+
+def restore_os_release(node):
+    node.run_local(["sh", "-c", "rm -f /etc/os-release && ln -s ../usr/lib/os-release /etc/os-release"])
+
+
+def test_an_unknown_os_fails_naming_the_node_and_the_os(odd_node, client_key, scripts):
+    with_os_release(odd_node, 'ID=nixos\nPRETTY_NAME="NixOS 24.11"\n')
     try:
         status, _, stderr = run(odd_node, scripts["trust install"], client_key)
     finally:
-        odd_node.run_local(["sh", "-c", "rm -f /etc/os-release && ln -s ../usr/lib/os-release /etc/os-release"])
+        restore_os_release(odd_node)
     assert status == 1
-    assert b"k3s-registry: node cube01: cannot install the registry certificate on Alpine Linux v3.20" in stderr
+    assert b"k3s-registry: node cube01: cannot install the registry certificate on NixOS 24.11" in stderr
     assert not odd_node.exists("/usr/local/share/ca-certificates/k3s-registry-k3s-registry-dev.crt")
+
+
+@pytest.mark.parametrize("os_release", [
+    'ID=alpine\nPRETTY_NAME="Alpine Linux v3.20"\n',
+    'ID="opensuse-leap"\nID_LIKE="suse opensuse"\nPRETTY_NAME="openSUSE Leap 15.6"\n',
+    'ID="sles"\nID_LIKE="suse"\nPRETTY_NAME="SUSE Linux Enterprise Server 15 SP6"\n',
+])
+def test_on_alpine_and_suse_the_os_store_is_skipped_saying_why(odd_node, client_key, scripts, os_release):
+    """Their nodes are not refused (k3s gets the CA through registries.yaml); nothing is
+    written to a store whose tools are not the ones tested, and the probe has nothing to miss."""
+    with_os_release(odd_node, os_release)
+    before = odd_node.snapshot(["/usr/local/share/ca-certificates", "/etc/ssl/certs"])
+    try:
+        status, stdout, stderr = run(odd_node, scripts["trust install"], client_key)
+        assert status == 0, stderr
+        assert b"trust store: skipped on " in stdout and b"trust the registry through registries.yaml" in stdout
+        assert run(odd_node, scripts["trust probe"], client_key)[1] == b"in-sync\n"
+        status, stdout, _ = run(odd_node, scripts["trust remove"], client_key)
+        assert status == 0 and b"trust store: skipped on " in stdout
+    finally:
+        restore_os_release(odd_node)
+    assert odd_node.snapshot(["/usr/local/share/ca-certificates", "/etc/ssl/certs"]) == before
 
 
 def test_a_node_without_pyyaml_fails_with_the_package_to_install(odd_node, client_key, scripts):
@@ -440,7 +473,7 @@ def test_a_k3s_that_reads_another_registries_file_stops_the_step_naming_it(odd_n
         status, _, stderr = run(odd_node, scripts["k3s install"], client_key)
         assert status == 1
         assert (b"k3s-registry: node cube01: k3s here reads its registries from /etc/k3s/registries.yaml (private-registry "
-                b"in its config), not /etc/rancher/k3s/registries.yaml") in stderr, stderr
+                b"in its config or unit), not /etc/rancher/k3s/registries.yaml") in stderr, stderr
         assert not odd_node.exists("/etc/rancher/k3s/registries.yaml")
         odd_node.write_file("/etc/rancher/k3s/config.yaml.d/50-registries.yaml",
                             "private-registry: /etc/rancher/k3s/registries.yaml\n")
@@ -449,3 +482,18 @@ def test_a_k3s_that_reads_another_registries_file_stops_the_step_naming_it(odd_n
     finally:
         odd_node.remove("/etc/rancher/k3s/config.yaml.d")
         run(odd_node, scripts["k3s remove"], client_key)
+
+
+@pytest.mark.parametrize("init", ["systemd", "openrc"])
+def test_a_private_registry_flag_in_the_unit_wins_over_the_config(client_key, tmp_path, certificate_pem, init):
+    """install.sh's INSTALL_K3S_EXEC puts flags into the unit; a flag beats config.yaml."""
+    unit = Unit("k3s-agent", "agent", "exec", args=("--private-registry", "/etc/k3s/from-the-unit.yaml"))
+    node = start_node("flagged", "127.0.0.26", tmp_path, hosts_content=b"127.0.0.1 localhost\n",
+                      authorized_pubkey=client_key.public_key_line, init=init, units=(unit,),
+                      extra_files={"/etc/rancher/k3s/config.yaml": b"private-registry: /etc/rancher/k3s/registries.yaml\n"})
+    try:
+        status, _, stderr = run(node, registries.registries_install_script(TARGET, ADDRESS, certificate_pem), client_key)
+        assert status == 1
+        assert b"k3s here reads its registries from /etc/k3s/from-the-unit.yaml" in stderr, stderr
+    finally:
+        node.stop()

@@ -259,8 +259,10 @@ def test_each_step_is_undone_on_destroy_before_it_is_recreated(cluster):
 def test_restart_targets_k3s_on_servers_and_k3s_agent_on_agents(cluster):
     server = plan_of(cluster, "control01").scripts()["restart/install"]
     agent = plan_of(cluster, "cube01").scripts()["restart/install"]
-    assert "systemctl restart k3s ||" in server and "k3s-agent" not in server
-    assert "systemctl restart k3s-agent" in agent
+    assert "unit='k3s'\n" in server and "k3s-agent" not in server
+    assert "unit='k3s-agent'\n" in agent
+    for script in (server, agent):
+        assert 'systemctl restart --no-block "$unit"' in script
     for node in ("control01", "cube01"):
         digest = scripts_of(cluster, node).outputs["digests"]["restart"]
         assert f"/run restart install {digest}\n" in steps_of(cluster, node)["restart"].inputs["create"], node

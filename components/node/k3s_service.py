@@ -8,9 +8,12 @@ k3s's install.sh names them.
 from __future__ import annotations
 
 from ..settings import DEFAULT_K3S_RESTART_TIMEOUT
+from .shell import q
 from .target import NodeTarget
 
 SERVICE_FOR_ROLE = {"server": "k3s", "agent": "k3s-agent"}
+K3S_CONTAINERD_ENDPOINT = "unix:///run/k3s/containerd/containerd.sock"
+"""Where k3s's embedded containerd listens, whatever its data dir (k3s's --container-runtime-endpoint default)."""
 DEFAULT_RESTART_TIMEOUT = DEFAULT_K3S_RESTART_TIMEOUT
 
 
@@ -48,15 +51,17 @@ k3s_answers() {
 what_answers="the Kubernetes API (/readyz)"
 """
     else:
-        readiness = """\
-k3s_answers() {
-  "$k3s" crictl info >/dev/null 2>&1
-}
+        # k3s's own containerd socket, named: crictl's default config lives under the data dir,
+        # which a node may have moved (--data-dir).
+        readiness = f"""\
+k3s_answers() {{
+  "$k3s" crictl --runtime-endpoint {q(K3S_CONTAINERD_ENDPOINT)} info >/dev/null 2>&1
+}}
 what_answers="containerd (k3s crictl info)"
 """
     return f"""\
 timeout={int(timeout_seconds)}
-# Quoted: shellcheck reads a bare k3s-agent as arithmetic (SC2100).
+# Quoted: shellcheck reads a bare name with a dash as arithmetic (SC2100).
 unit='{service}'
 role='{target.role}'
 init_system() {{

@@ -89,6 +89,8 @@ class Unit:
     name: str
     command: Literal["server", "agent"] = "server"
     type: Literal["notify", "exec"] = "notify"
+    args: tuple[str, ...] = ()
+    """Flags after the command, as install.sh's INSTALL_K3S_EXEC puts them into the unit."""
 
 
 K3S_SERVER = Unit("k3s", "server", "notify")
@@ -205,7 +207,7 @@ case $1 in
       ExecStart)
         printf '{{ path=%s ; argv[]=%s %s ; ignore_errors=no ; start_time=[n/a] ; stop_time=[n/a] ; pid=0 ; '\\
 'code=(null) ; status=0/0 }}\\n' \\
-          {k3s} {k3s} "$("$unit_tool" command "$unit")"
+          {k3s} {k3s} "$("$unit_tool" command "$unit")$(cat {units}/"$unit".args)"
         ;;
       *) unsupported "$@" ;;
     esac
@@ -253,12 +255,12 @@ esac
 # once the running k3s units all are (containerd is k3s's child, restarted with it; a node whose
 # tests need both a server's and an agent's unit has one containerd for both).
 _FAKE_K3S = """#!/bin/sh
-# testbed fake k3s: kubectl get --raw=/readyz and crictl info, answered by ready units.
+# testbed fake k3s: kubectl get --raw=/readyz and crictl info on k3s's socket, answered by ready units.
 unit_tool={unit_tool}
 want=
 case "$*" in
   "kubectl get --raw=/readyz") want=server ;;
-  "crictl info") want=any ;;
+  "crictl --runtime-endpoint unix:///run/k3s/containerd/containerd.sock info") want=any ;;
   *) echo "testbed k3s: unsupported arguments: $*" >&2; exit 64 ;;
 esac
 ready=no
@@ -679,15 +681,19 @@ def _unit_files(init: Init, units: tuple[Unit, ...]) -> dict[str, bytes]:
             files[f"/etc/systemd/system/{unit.name}.service"] = (
                 "[Unit]\nDescription=Lightweight Kubernetes\n\n[Service]\n"
                 f"Type={unit.type}\nKillMode=process\nTimeoutStartSec=0\nRestart=always\nRestartSec=5s\n"
-                f"ExecStart={K3S_BINARY} \\\n    {unit.command} \\\n\n"
+                f"ExecStart={K3S_BINARY} \\\n    {unit.command}{_arguments(unit)} \\\n\n"
             ).encode()
         else:
             files[f"/etc/init.d/{unit.name}"] = (
                 "#!/sbin/openrc-run\n\nsupervisor=supervise-daemon\n"
-                f'name={unit.name}\ncommand="{K3S_BINARY}"\ncommand_args="{unit.command}\n'
+                f'name={unit.name}\ncommand="{K3S_BINARY}"\ncommand_args="{unit.command}{_arguments(unit)}\n'
                 f'    >>/var/log/{unit.name}.log 2>&1"\n'
             ).encode()
     return files
+
+
+def _arguments(unit: Unit) -> str:
+    return "".join(" " + shlex.quote(arg) for arg in unit.args)
 
 
 def _unit_states(units: tuple[Unit, ...]) -> str:
@@ -695,7 +701,8 @@ def _unit_states(units: tuple[Unit, ...]) -> str:
     lines = [f"mkdir -p {_UNITS_DIR}"]
     for unit in units:
         lines += [f"echo {unit.type} > {_UNITS_DIR}/{unit.name}.type",
-                  f"echo {unit.command} > {_UNITS_DIR}/{unit.name}.command"]
+                  f"echo {unit.command} > {_UNITS_DIR}/{unit.name}.command",
+                  f"printf '%s' {_q(_arguments(unit))} > {_UNITS_DIR}/{unit.name}.args"]
     return "\n".join(lines) + "\n"
 
 

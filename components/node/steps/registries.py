@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..k3s_service import DEFAULT_RESTART_TIMEOUT, restart_function
+from ..k3s_service import DEFAULT_RESTART_TIMEOUT, SERVICE_FOR_ROLE, restart_function
 from ..shell import (
     REPLACE_FILE_FUNCTION,
     header,
@@ -126,9 +126,19 @@ old_caches=
 if [ -e "$state/caches" ]; then old_caches=$(cat "$state/caches"); fi
 # k3s reads another file when its config says so (--private-registry): this one would not apply.
 elsewhere=$(edit_registries private-registry {q(K3S_CONFIG_DIR)}/config.yaml {q(K3S_CONFIG_DIR)}/config.yaml.d/*.yaml)
+# A flag on k3s's command line wins over its config (install.sh's INSTALL_K3S_EXEC puts flags
+# into the unit: systemd's ExecStart, OpenRC's command_args).
+unit='{SERVICE_FOR_ROLE[target.role]}'
+if [ -d /run/systemd/system ]; then
+  unit_command=$(systemctl show --property=ExecStart --value "$unit" 2>/dev/null || true)
+else
+  unit_command=$(cat "/etc/init.d/$unit" 2>/dev/null || true)
+fi
+flagged=$(printf '%s\\n' "$unit_command" | sed -n 's/.*--private-registry[= ]\\{{1,\\}}\\([^ ;"]*\\).*/\\1/p' | head -n 1)
+elsewhere=${{flagged:-$elsewhere}}
 if [ -n "$elsewhere" ] && [ "$elsewhere" != "$registries" ]; then
-  fail "k3s here reads its registries from $elsewhere (private-registry in its config), not $registries; \
-remove private-registry from the k3s config or point it at $registries"
+  fail "k3s here reads its registries from $elsewhere (private-registry in its config or unit), not $registries; \
+remove private-registry from the k3s config or unit, or point it at $registries"
 fi
 {forget_guide}edit_registries merge "$current" "$address" "$ca_file" "$old_address" "$caches" "$old_caches" > "$work/registries"
 registries_changed=no

@@ -68,11 +68,28 @@ case " $os_id $os_like " in
     refresh_trust() {{ update-ca-trust extract; }}  # always rebuilt from the files
     announce_removal() {{ :; }}
     ;;
+  *" alpine "*|*" suse "*|*" opensuse "*|*" sles "*)
+    # Their stores' tools are not the ones tested here: the OS step is skipped, which k3s does
+    # not need (containerd gets the CA from registries.yaml's ca_file, the k3s step).
+    anchors=
+    # shellcheck disable=SC2034  # read by the install and remove scripts only
+    skipped="trust store: skipped on $os_name (not supported for the OS trust store); k3s and containerd \
+trust the registry through registries.yaml; add the CA (pulumi stack output caCertificatePem) to the OS \
+store yourself if other programs on this node need it"
+    ;;
   *)
-    supported="Debian, Ubuntu, Raspberry Pi OS, RHEL, Fedora, CentOS, Rocky and AlmaLinux"
+    supported="Debian, Ubuntu, Raspberry Pi OS, RHEL, Fedora, CentOS, Rocky and AlmaLinux (skipped: Alpine, SUSE)"
     fail "cannot install the registry certificate on $os_name: supported are $supported"
     ;;
 esac
+"""
+
+
+# On an OS whose store is skipped (anchors is empty): say so, and do nothing else.
+SKIP_UNSUPPORTED_STORE = """if [ -z "$anchors" ]; then
+  echo "$skipped"
+  exit 0
+fi
 """
 
 
@@ -132,6 +149,7 @@ def trust_install_script(target: NodeTarget, certificate_pem: str, guide_hostnam
         header(target, REPLACE_FILE_FUNCTION, ownership(target, "trust"))
         + trust_store_detection()
         + "claim_step\n"
+        + SKIP_UNSUPPORTED_STORE
         + cleanup
         + f"""\
 anchor="$anchors/"{q(target.anchor_file_name)}
@@ -169,6 +187,11 @@ def trust_remove_script(target: NodeTarget) -> str:
         + trust_store_detection()
         + f"""\
 leave_if_owned_by_another
+if [ -z "$anchors" ]; then
+  echo "$skipped"
+  release_step
+  exit 0
+fi
 anchor="$anchors/"{q(target.anchor_file_name)}
 # Recorded before the removal, so a run cut short before the rebuild still rebuilds next time.
 pending={q(STATE_ROOT)}/{q(target.instance_id + "-trust.removing")}
@@ -200,6 +223,7 @@ def trust_probe_script(target: NodeTarget, certificate_pem: str) -> str:
     return (
         probe_header(target)
         + trust_store_detection()
+        + 'if [ -z "$anchors" ]; then\n  report\n  exit 0\nfi\n'
         + f"anchor=\"$anchors/\"{q(target.anchor_file_name)}\n"
         + same_bytes_check("anchor", pem, "trust store: certificate file")
         + f"""\
