@@ -43,13 +43,20 @@ TOOLS = (
     "update-ca-certificates", "update-ca-trust",
 )
 
+# The init tools' queries read and change nothing (the restart step asks several before and
+# after its one restart): like the read-only tools above, they are run uncut and uncounted.
+READ_ONLY_CALLS = {
+    "systemctl": 'case ${{1:-}} in show|is-active|is-enabled|list-unit-files) exec {run} "$@" ;; esac\n',
+    "rc-service": 'case ${{1:-}}:${{2:-}} in --exists:*|-e:*|*:status) exec {run} "$@" ;; esac\n',
+}
+
 _WRAPPER = """\
 #!/bin/sh
 # interruption wrapper for {tool}: count the call, maybe SIGKILL the whole session before/after it
 ctl={ctl}
 PATH=${{PATH#{bin}:}}
 export PATH
-exec 9>>"$ctl/lock"
+{read_only}exec 9>>"$ctl/lock"
 flock 9
 read -r n < "$ctl/count"
 n=$((n + 1))
@@ -115,7 +122,9 @@ class Interrupter:
                 stand_in.chmod(0o755)
                 run = shlex.quote(str(stand_in))
             path = self.bin / tool
-            path.write_text(_WRAPPER.format(tool=tool, run=run, ctl=shlex.quote(str(self.ctl)), bin=str(self.bin)))
+            read_only = READ_ONLY_CALLS.get(tool, "").format(run=run)
+            path.write_text(_WRAPPER.format(tool=tool, run=run, ctl=shlex.quote(str(self.ctl)), bin=str(self.bin),
+                                            read_only=read_only))
             path.chmod(0o755)
         (self.ctl / "lock").touch()
 
