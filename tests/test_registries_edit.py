@@ -16,6 +16,7 @@ import subprocess
 import pytest
 import yaml
 
+from components.node.steps.registries import REGISTRIES_CHECKER_SOURCE
 from components.node.steps.registries_edit import MARK, EditError, forget_guide, merge, private_registry, unmerge
 
 from pulumi_real import toolchain_dir
@@ -176,3 +177,22 @@ def test_the_private_registry_setting_is_read_as_k3s_merges_its_config_files(tmp
     assert private_registry([str(main), str(later)]) == "/etc/k3s/second.yaml"
     assert private_registry([str(main), str(tmp_path / "config.yaml.d" / "*.yaml")]) == "/etc/k3s/first.yaml"
     assert private_registry([str(tmp_path / "absent.yaml")]) == ""
+
+
+def probe_of(text: str, tmp_path, caches) -> str:
+    """The k3s step's read-only checker (what a refresh runs on the node), on this file."""
+    path = tmp_path / "probed.yaml"
+    path.write_text(text)
+    done = subprocess.run(["/usr/bin/python3", "-c", REGISTRIES_CHECKER_SOURCE, str(path), ADDRESS, CA_FILE,
+                           json.dumps(caches)], input=json.dumps(AUTH), capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_refresh_finds_a_merged_file_in_sync_and_a_foreign_endpoint_not(merged, tmp_path):
+    """Our endpoint beside someone's rewrite is ours and in sync; another endpoint is drift."""
+    assert probe_of(merged, tmp_path, CACHES) == ""
+    rewrite_only = 'mirrors:\n  docker.io:\n    rewrite:\n      "^rancher/(.*)": "mirrored-rancher/$1"\n'
+    assert probe_of(merge(rewrite_only, ADDRESS, CA_FILE, None, AUTH, CACHES[:1]), tmp_path, CACHES[:1]) == ""
+    hijacked = merged.replace("    - https://registry.cube.local:5001", "    - https://elsewhere.lab.test")
+    assert "the mirror for docker.io is not https://registry.cube.local:5001 alone" in probe_of(hijacked, tmp_path, CACHES)
