@@ -29,6 +29,10 @@ DEFAULT_SSH_USER = "root"
 # before the update stops with that node's name: a Raspberry Pi server needs a minute or two.
 DEFAULT_K3S_RESTART_TIMEOUT = 300
 
+# k3s's default --cluster-cidr: the pod network, where node traffic to a Service arrives from
+# once kube-proxy has masqueraded it (see components/cluster/network.py).
+DEFAULT_CLUSTER_CIDR = "10.42.0.0/16"
+
 KEY_ALGORITHMS = ("RSA", "ECDSA")
 NODE_ROLES = ("server", "agent")
 
@@ -73,6 +77,10 @@ class MirrorSettings:
     username: str | None = None
     password: SecretText | None = None
     ttl: str | None = None
+    anonymous: bool = False
+    """Nodes pull without credentials, and only the cluster's nodes can reach it (see
+    components/cluster/network.py): with a password, a pod's imagePullSecret makes containerd
+    send that secret instead, the cache refuses it, and the pull bypasses the cache."""
 
     @property
     def slug(self) -> str:
@@ -95,6 +103,10 @@ class RegistrySettings:
     existing_claim: str | None = None
     """A volume claim that already holds images (the manual guide's): mounted, never managed."""
     mirrors: tuple[MirrorSettings, ...] = ()
+    node_addresses: tuple[str, ...] = ()
+    """The configured nodes' IP addresses: with the pod network, all an anonymous cache admits."""
+    cluster_cidr: str = DEFAULT_CLUSTER_CIDR
+    """The pod network (k3s --cluster-cidr)."""
 
     def mirror_address(self, mirror: MirrorSettings) -> str:
         """A cache's address, as k3s's registries.yaml keys it (see reference_host)."""
@@ -138,6 +150,11 @@ class NodeAccessSettings:
     migrate_from_guide: bool = False
     """Remove the manual guide's leftovers from every node (its key, certificate, hosts line
     and bare-hostname registries.yaml entry)."""
+    os_trust_store: bool = False
+    """Also put the CA in each node's OS trust store. Off by default: k3s's containerd gets the
+    CA through registries.yaml's ca_file, and a CA in the OS store is trusted by every TLS client
+    on the node for every name (pulumi-tls cannot give it X.509 name constraints) while its key
+    is in the Pulumi state."""
     # Secret: kept as an Output so it never appears in plain text in state or logs.
     ssh_private_key: pulumi.Output[str] | None = field(default=None, compare=False)
 

@@ -167,6 +167,7 @@ MISTAKES = [
             ("is used only for the caches' claims when existingClaim is set", "no mirrors are configured",
              "remove storageClass")),
     Mistake("migrateFromGuide-yes", {"migrateFromGuide": "yes"}, "migrateFromGuide", ("must be true or false",)),
+    Mistake("osTrustStore-on", {"osTrustStore": "on"}, "osTrustStore", ("must be true or false",)),
     # mirrors (pull-through caches)
     Mistake("mirrors-an-object-not-a-list", {"mirrors": {"upstream": "docker.io"}}, "mirrors", ("must be a list of caches",)),
     Mistake("mirrors-upstream-as-url", {"mirrors": [{"upstream": "https://docker.io"}]}, "mirrors",
@@ -189,6 +190,20 @@ MISTAKES = [
             "mirrors", ("is not a duration",)),
     Mistake("mirrors-size-in-gb", {"mirrors": [{"upstream": "quay.io", "storageSize": "10GB"}]}, "mirrors",
             ("storageSize", "Kubernetes quantity")),
+    Mistake("mirrors-anonymous-as-text", {"mirrors": [{"upstream": "docker.io", "anonymous": "yes"}]}, "mirrors",
+            ("anonymous must be true or false",)),
+    # An anonymous cache with upstream credentials would hand what they can read to the cluster.
+    Mistake("mirrors-anonymous-with-upstream-credentials",
+            {"mirrors": [{"upstream": "quay.io", "anonymous": True, "username": "robot", "password": "x"}]}, "mirrors",
+            ("an anonymous cache cannot hold upstream credentials", "Remove username and password, or anonymous")),
+    Mistake("mirrors-anonymous-with-a-node-by-name",
+            {"mirrors": [{"upstream": "docker.io", "anonymous": True}], **nodes(node(host="cube01.lan"))}, "mirrors",
+            ("admit the cluster's nodes by IP address", "nodes cube01 are given by name")),
+    Mistake("mirrors-anonymous-without-nodes", {"mirrors": [{"upstream": "docker.io", "anonymous": True}], "nodes": REMOVE},
+            "mirrors", ("no nodes are configured",)),
+    # clusterCidr
+    Mistake("clusterCidr-with-host-bits", {"clusterCidr": "10.42.0.1/16"}, "clusterCidr", ("is not a network in CIDR",)),
+    Mistake("clusterCidr-an-address", {"clusterCidr": "10.42.0.0/33"}, "clusterCidr", ("is not a network in CIDR",)),
     Mistake("mirrors-password-in-plain-text", {"mirrors": [{"upstream": "docker.io", "username": "me", "password": "x"}]},
             "mirrors", ("holds a secret in plain text", "--secret --path 'mirrors[0].password'")),
     # k3sRestartTimeout

@@ -12,6 +12,7 @@ import json
 import pytest
 
 from harness import GUIDE_CONFIG, evaluate, is_secret_marker
+from nodebed import declared_plan
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SERVICE = "kubernetes:core/v1:Service"
@@ -233,3 +234,70 @@ def test_a_registry_3_cache_takes_its_ttl_and_0s_keeps_content(ttl, meaning):
     env = env_of(evaluation, "registry-cache-docker-io-deployment")
     assert env["REGISTRY_PROXY_TTL"]["value"] == ttl, meaning
     assert env["REGISTRY_STORAGE_DELETE_ENABLED"]["value"] == "true"
+
+
+# ------------------------------------------------------------------ anonymous caches
+
+ANONYMOUS_NODES = [{"name": "control01", "host": "192.168.0.101", "role": "server"},
+                   {"name": "cube01", "host": "fd00::11", "role": "agent"}]
+ANONYMOUS_CONFIG = {**GUIDE_CONFIG, "nodes": ANONYMOUS_NODES, "clusterCidr": "10.52.0.0/16",
+                    "mirrors": [{"upstream": "docker.io", "anonymous": True}, {"upstream": "ghcr.io"}]}
+
+
+@pytest.fixture(scope="module")
+def anonymous():
+    return evaluate(ANONYMOUS_CONFIG)
+
+
+def test_an_anonymous_cache_asks_for_no_password(anonymous):
+    assert "auth" not in volumes_of(anonymous, "registry-cache-docker-io-deployment")
+    assert not [name for name in env_of(anonymous, "registry-cache-docker-io-deployment") if name.startswith("REGISTRY_AUTH")]
+    # The other cache, and the registry, still do.
+    for name in ("registry-cache-ghcr-io-deployment", "registry-deployment"):
+        assert volumes_of(anonymous, name)["auth"]["secret"]["secretName"] == auto_name(anonymous, "registry-htpasswd")
+
+
+def test_only_the_nodes_reach_an_anonymous_cache_through_its_ip(anonymous):
+    spec = anonymous.named("registry-cache-docker-io-service").inputs["spec"]
+    assert spec["loadBalancerSourceRanges"] == ["192.168.0.101/32", "fd00::11/128"]
+    assert spec["allocateLoadBalancerNodePorts"] is False, "a node port would bypass the source ranges"
+    for name in ("registry-cache-ghcr-io-service", "registry-service"):
+        spec = anonymous.named(name).inputs["spec"]
+        assert "loadBalancerSourceRanges" not in spec and "allocateLoadBalancerNodePorts" not in spec, name
+    # The IP is still shared: MetalLB shares it between Services of the same traffic policy.
+    annotations = {s.inputs["metadata"]["annotations"][SHARED_IP] for s in anonymous.of_type(SERVICE)}
+    assert len(annotations) == 1
+
+
+def test_an_anonymous_caches_pod_admits_the_nodes_and_the_pod_network_only(anonymous):
+    policy = anonymous.named("registry-cache-docker-io-network-policy").inputs["spec"]
+    assert policy["ingress"] == [{
+        "from": [{"ipBlock": {"cidr": "192.168.0.101/32"}}, {"ipBlock": {"cidr": "fd00::11/128"}},
+                 {"ipBlock": {"cidr": "10.52.0.0/16"}}],
+        "ports": [{"port": 5000, "protocol": "TCP"}],
+    }]
+    assert policy["egress"] == [{"ports": [{"port": 443, "protocol": "TCP"}]}, DNS_RULE]
+    other = anonymous.named("registry-cache-ghcr-io-network-policy").inputs["spec"]
+    assert other["ingress"] == [{"ports": [{"port": 5000, "protocol": "TCP"}]}]
+
+
+def test_nodes_get_no_credentials_for_an_anonymous_cache(anonymous):
+    for node in ("control01", "cube01"):
+        plan = declared_plan(anonymous, node)
+        assert plan.anonymous_caches == ("registry.cube.local:5001",), node
+        assert plan.caches == (("docker.io", "registry.cube.local:5001"), ("ghcr.io", "registry.cube.local:5002"))
+        caches = json.dumps([{"address": "registry.cube.local:5001", "anonymous": True, "upstream": "docker.io"},
+                             {"address": "registry.cube.local:5002", "upstream": "ghcr.io"}])
+        for script in ("k3s/install", "k3s/probe"):
+            assert f"caches='{caches}'" in plan.scripts()[script], (node, script)
+
+
+def test_caches_that_are_not_anonymous_leave_the_nodes_plans_as_they_were():
+    """No new plan input for a stack without anonymous caches: its nodes' scripts stay the same."""
+    config = {**CONFIG, "nodes": ANONYMOUS_NODES[:1]}
+    plan = declared_plan(evaluate(config, secret_keys=("mirrors",)), "control01")
+    assert "anonymous_caches" not in plan.to_props()
+    caches = json.dumps([{"address": "registry.cube.local:5001", "upstream": "docker.io"},
+                         {"address": "registry.cube.local:5443", "upstream": "ghcr.io"},
+                         {"address": "registry.cube.local:5002", "upstream": "quay.io"}])
+    assert f"caches='{caches}'" in plan.scripts()["k3s/install"]

@@ -128,3 +128,20 @@ def test_a_removed_cache_entry_is_drift_the_probe_names(cluster, client_key):
         "k3s": "drift: registries.yaml has no mirror for docker.io"}
     run_phase(declared, [node], "delete", client_key)
     assert registries(node) == yaml.safe_load(THEIRS), "the hand-edited file keeps only the admin's entries"
+
+
+def test_a_cache_made_anonymous_loses_its_credentials_on_the_node_and_the_registry_keeps_them(cluster, client_key):
+    node = cluster["cache01"]
+    original = node.read_file(REGISTRIES)
+    protected = evaluate(stack([{"upstream": "docker.io"}]))
+    run_phase(protected, [node], "create", client_key)
+    anonymous = evaluate(stack([{"upstream": "docker.io", "anonymous": True}]))
+    assert all(run.exit_status == 0 for run in apply(protected, anonymous, node, client_key))
+    document = registries(node)
+    assert document["configs"][f"{HOSTNAME}:5001"] == {
+        "tls": {"ca_file": "/etc/rancher/k3s/k3s-registry-k3s-registry-dev-ca.crt"}}
+    assert document["configs"][f"{HOSTNAME}:5000"]["auth"]["password"] == anonymous.outputs["registryPassword"]
+    assert document["mirrors"]["docker.io"] == {"endpoint": [f"https://{HOSTNAME}:5001"]}
+    assert refresh_scripts(scripts_resource(anonymous, "cache01"), node, client_key)["observed"] == {}
+    run_phase(anonymous, [node], "delete", client_key)
+    assert node.read_file(REGISTRIES) == original

@@ -44,7 +44,20 @@ def test_defaults_match_the_documented_table():
     assert settings.node_access.nodes == () and settings.node_access.restart_k3s is True
     assert settings.node_access.restart_timeout_seconds == 300
     assert settings.node_access.migrate_from_guide is False and registry.existing_claim is None
+    assert settings.node_access.os_trust_store is False
     assert registry.mirrors == ()
+    assert registry.cluster_cidr == "10.42.0.0/16" and registry.node_addresses == ()
+
+
+def test_an_anonymous_cache_admits_the_nodes_by_address_and_the_given_pod_network():
+    nodes = [{"name": "control01", "host": "192.168.0.101", "role": "server"},
+             {"name": "cube01", "host": "fd00::11", "role": "agent"}]
+    settings = parse_settings(raw(nodes=nodes, clusterCidr="10.52.0.0/16",
+                                  mirrors=[{"upstream": "docker.io", "anonymous": True}, {"upstream": "ghcr.io"}]))
+    anonymous = {m.upstream: m.anonymous for m in settings.registry.mirrors}
+    assert anonymous == {"docker.io": True, "ghcr.io": False}
+    assert settings.registry.node_addresses == ("192.168.0.101", "fd00::11")
+    assert settings.registry.cluster_cidr == "10.52.0.0/16"
 
 
 def test_caches_get_well_known_urls_and_the_next_free_ports():
@@ -180,6 +193,8 @@ def test_project_file_declares_every_scalar_and_list_key_with_its_default():
         "restartK3s": settings.node_access.restart_k3s,
         "k3sRestartTimeout": settings.node_access.restart_timeout_seconds,
         "migrateFromGuide": settings.node_access.migrate_from_guide,
+        "osTrustStore": settings.node_access.os_trust_store,
+        "clusterCidr": settings.registry.cluster_cidr,
     }
     # Declared: the required keys and every key with a default. Optional keys without a default
     # stay undeclared, or the CLI would require them (tests/test_cli_config.py).

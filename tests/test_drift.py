@@ -35,9 +35,11 @@ STEPS = ("trust", "hosts", "k3s", "restart")
 
 
 def stack(**changes):
-    """The guide's registry, one agent reached as `deploy` with a key from the stack and a pinned host key."""
+    """The guide's registry, one agent reached as `deploy` with a key from the stack and a pinned host key,
+    its CA in the OS trust store too (the probe with most to check)."""
     config = {
         **GUIDE_CONFIG,
+        "osTrustStore": "true",
         "nodes": [{"name": "cube01", "host": "127.0.0.9", "role": "agent", "user": "deploy", "hostKey": HOST_KEY}],
         "sshPrivateKey": PRIVATE_KEY,
     }
@@ -94,6 +96,8 @@ def test_the_probes_are_the_step_modules_own(plan, probes):
     """No second copy of the probes: the node gets exactly what each step's module renders."""
     target = plan.target
     assert probes["trust"].rstrip("\n") == trust.trust_probe_script(target, plan.certificate_pem).rstrip("\n")
+    off = plan_of(declare(osTrustStore="false").named("nodes-cube01-scripts"))
+    assert off.scripts()["trust/probe"].rstrip("\n") == trust.trust_off_probe_script(off.target).rstrip("\n")
     assert probes["hosts"].rstrip("\n") == hosts.hosts_probe_script(
         target, plan.hostname, plan.ip_address).rstrip("\n")
     assert probes["k3s"].rstrip("\n") == registries.registries_probe_script(
@@ -116,7 +120,8 @@ def test_probes_carry_public_values_and_never_a_key_or_credentials(declared, scr
 
 def test_probes_and_the_reader_write_nothing(probes, reader):
     """No scratch files, no redirection into a file, no call of the install script's helpers."""
-    for step, script in {**probes, "reader": reader}.items():
+    off_probe = plan_of(declare(osTrustStore="false").named("nodes-cube01-scripts")).scripts()["trust/probe"]
+    for step, script in {**probes, "reader": reader, "trust probe, OS store off": off_probe}.items():
         for forbidden in ("mktemp", "rm ", "mv ", "cp ", "tee ", "touch ", "chmod", "chown", "mkdir", "sed -i", "ln "):
             assert forbidden not in script, (step, forbidden)
         targets = set(re.findall(r"(?<![<>=-])>{1,2}(?!=)\s*(&\d|[^\s;|&)]*)", script))

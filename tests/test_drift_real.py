@@ -85,7 +85,8 @@ def config(cluster):
     """The stack: drift01's host key pinned (as `ssh-keyscan` would give it), drift02's not."""
     nodes = [{"name": name, "host": spec["ip"], "role": spec["role"], "user": spec["user"]} for name, spec in NODES.items()]
     nodes[0]["hostKey"] = cluster["drift01"].host_public_key
-    return {"hostname": HOSTNAME, "loadBalancerIp": REGISTRY_IP, "nodes": nodes}
+    # The OS trust store on (opt-in), so its step has a CA to lose.
+    return {"hostname": HOSTNAME, "loadBalancerIp": REGISTRY_IP, "osTrustStore": "true", "nodes": nodes}
 
 
 @pytest.fixture(scope="module")

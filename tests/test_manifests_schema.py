@@ -16,6 +16,8 @@ CONFIGS = {
         {"upstream": "docker.io", "username": "robot", "password": "not-a-real-password"},
         {"upstream": "harbor.lab.test", "url": "https://harbor.lab.test:8443", "storageSize": "50Gi"},
     ]},
+    "anonymous-cache": {**GUIDE_CONFIG, "nodes": [{"name": "cube01", "host": "192.168.0.111", "role": "agent"}],
+                        "mirrors": [{"upstream": "docker.io", "anonymous": True}, {"upstream": "ghcr.io"}]},
     "caches-without-auth": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3", "auth": "false",
                             "mirrors": [{"upstream": "ghcr.io"}]},
 }

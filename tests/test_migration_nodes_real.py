@@ -145,12 +145,26 @@ def test_registries_yaml_loses_only_the_guides_bare_hostname_entry(migrated, clu
         assert set(ours["tls"]) == {"ca_file"} and "key_file" not in str(document)
 
 
+def curl_status(node, *trust: str):
+    return node.run_local(["curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}", *trust,
+                           f"https://{ADDRESS}/v2/"])
+
+
 def test_after_the_migration_every_node_reaches_the_registry_over_verified_tls(migrated, cluster, registry):
+    """Through the CA file registries.yaml gives k3s's containerd: osTrustStore is off by default."""
     for node in cluster.values():
-        result = node.run_local(["curl", "-sS", "--max-time", "10", "-o", "/dev/null", "-w", "%{http_code}",
-                                 f"https://{ADDRESS}/v2/"])
+        result = curl_status(node, "--cacert", registries(node)["configs"][ADDRESS]["tls"]["ca_file"])
         assert result.returncode == 0, (node.name, result.stderr)
         assert result.stdout == b"401", "verified TLS; the registry asks for the credentials"
+
+
+def test_with_the_os_trust_store_off_neither_the_guides_ca_nor_ours_is_in_it(migrated, cluster, registry, declared):
+    ca = declared.outputs["caCertificatePem"]
+    for node in cluster.values():
+        assert not in_bundle(node, ca.encode()), node.name
+        assert not in_bundle(node, GUIDE.cert_pem), node.name
+        assert [path for path in node.snapshot([ANCHORS]) if "k3s-registry" in path] == [], node.name
+        assert curl_status(node).returncode == 60, "curl trusting the OS store refuses the registry"
 
 
 def test_a_second_up_after_the_migration_changes_nothing(migrated, declared, cluster, client_key):

@@ -59,7 +59,7 @@ NODES = [
     {"name": "cube01", "host": "192.168.0.111", "user": "deploy", "role": "agent"},
 ]
 TUNED = {"mirrors": [{"upstream": "docker.io"}, {"upstream": "ghcr.io", "port": 5443}], "migrateFromGuide": "true",
-         "k3sRestartTimeout": "45"}
+         "k3sRestartTimeout": "45", "osTrustStore": "true"}
 REQUIRED_KEYS = {"node_name", "role", "instance_id", "owner", "certificate_pem", "hostname", "ip_address", "address"}
 RESOURCE_ID = "root@127.0.0.171:22#0123456789abcdef"
 
@@ -89,6 +89,8 @@ def plans(default_cluster, tuned_cluster):
         "tuned server": declared_plan(tuned_cluster, "control01"),
         "tuned agent": tuned,
         "tuned agent, restart off": variant(tuned, restart_k3s=False),
+        # migrateFromGuide without the OS store: the guide's key still leaves it.
+        "tuned agent, OS trust store off": variant(tuned, os_trust_store=False),
     }
 
 
@@ -109,7 +111,8 @@ def every_script(plan: NodePlan) -> dict[str, str]:
 def test_the_plans_differ_where_their_settings_do(plans):
     """So the checks below see every variant of the scripts, not five copies of one."""
     tuned = plans["tuned agent"]
-    assert tuned.caches and tuned.migrate_from_guide and tuned.restart_timeout_seconds == 45
+    assert tuned.caches and tuned.migrate_from_guide and tuned.restart_timeout_seconds == 45 and tuned.os_trust_store
+    assert not plans["agent"].os_trust_store
     assert plans["server"].role == "server" and plans["agent"].role == "agent"
     digests = {label: tuple(plan.step_digests().values()) for label, plan in plans.items()}
     assert len(set(digests.values())) == len(plans)
@@ -189,7 +192,9 @@ def test_settings_at_their_default_are_left_out_of_the_plan(default_cluster, pla
     assert restart_off["migrate_from_guide"] is True
     assert restart_off["restart_k3s"] is False
     assert restart_off["restart_timeout_seconds"] == 45
-    assert set(restart_off) == REQUIRED_KEYS | {"caches", "migrate_from_guide", "restart_k3s", "restart_timeout_seconds"}
+    assert restart_off["os_trust_store"] is True
+    assert set(restart_off) == REQUIRED_KEYS | {"caches", "migrate_from_guide", "restart_k3s", "restart_timeout_seconds",
+                                                "os_trust_store"}
 
 
 def test_numbers_from_the_wire_are_whole_numbers_again(plans):

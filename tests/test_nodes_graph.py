@@ -230,7 +230,9 @@ def test_the_ca_certificate_and_never_a_key_reaches_the_nodes(cluster):
         plan = plan_of(cluster, node)
         assert plan.certificate_pem == certificate
         scripts = plan.scripts()
-        assert body_line in scripts["trust/install"] and body_line in scripts["k3s/install"], node
+        # k3s's containerd gets the CA through registries.yaml; the OS store only with osTrustStore.
+        assert body_line in scripts["k3s/install"] and body_line not in scripts["trust/install"], node
+        assert not plan.os_trust_store, node
         assert not any("PRIVATE KEY" in script for script in scripts.values()), node
     key_lines = [key.outputs["privateKeyPem"].splitlines()[1] for key in cluster.of_type("tls:index/privateKey:PrivateKey")]
     for step in cluster.of_type(COMMAND):
@@ -297,11 +299,15 @@ def baseline():
         ({"loadBalancerIp": "192.168.0.203"}, ["hosts"]),
         # The restart's delete script names the address it takes out of registries.yaml. (A restart
         # also runs whenever the k3s step changed the file: its text carries the step's output.)
-        ({"hostname": "images.cube.local"}, ["hosts", "k3s", "restart", "trust"]),
+        ({"hostname": "images.cube.local"}, ["hosts", "k3s", "restart"]),
         ({"port": "5443"}, ["k3s", "restart"]),
         ({"certValidityDays": "90"}, []),
-        ({"caValidityDays": "5000"}, ["k3s", "trust"]),
+        ({"caValidityDays": "5000"}, ["k3s"]),
         ({"namespace": "registry", "storageSize": "30Gi"}, []),
+        ({"osTrustStore": "true"}, ["trust"]),
+        # The guide's key leaves the OS store whether or not ours goes in. (The restart's own text
+        # does not change: it runs again because the k3s step's output does.)
+        ({"migrateFromGuide": "true"}, ["hosts", "k3s", "trust"]),
     ],
 )
 def test_a_change_reconfigures_exactly_the_affected_steps(baseline, change, expected):
@@ -309,6 +315,26 @@ def test_a_change_reconfigures_exactly_the_affected_steps(baseline, change, expe
     after = evaluate({**GUIDE_CONFIG, "nodes": NODES[:1], **change})
     scripts = ["nodes-control01-scripts"] if expected else []
     assert changed_resources(baseline, after) == sorted([*scripts, *(f"nodes-control01-{step}" for step in expected)])
+
+
+@pytest.fixture(scope="module")
+def baseline_with_os_store():
+    return evaluate({**GUIDE_CONFIG, "nodes": NODES[:1], "osTrustStore": "true"})
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"hostname": "images.cube.local"}, ["hosts", "k3s", "restart", "trust"]),
+        ({"certValidityDays": "90"}, []),
+        ({"caValidityDays": "5000"}, ["k3s", "trust"]),
+    ],
+)
+def test_with_the_os_trust_store_a_new_ca_reaches_it_too(baseline_with_os_store, change, expected):
+    after = evaluate({**GUIDE_CONFIG, "nodes": NODES[:1], "osTrustStore": "true", **change})
+    scripts = ["nodes-control01-scripts"] if expected else []
+    assert changed_resources(baseline_with_os_store, after) == sorted(
+        [*scripts, *(f"nodes-control01-{step}" for step in expected)])
 
 
 @pytest.mark.parametrize(

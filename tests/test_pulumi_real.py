@@ -122,6 +122,9 @@ def stack(tmp_path_factory, client_key, cluster, addresses, before, java_before,
     real.config_set("loadBalancerIp", REGISTRY_IP)
     real.config_set("sshPrivateKey", client_key.private_key_text, secret=True)
     real.config_set("k3sRestartTimeout", 30)
+    # The CA in each node's OS trust store too (opt-in): the lifecycle below checks it there,
+    # and its last update turns it off again.
+    real.config_set("osTrustStore", True)
     real.config_set("nodes", node_entries(addresses))
     # Host keys pinned: the real pulumi-command and the NodeScripts provider both verify them.
     for index, name in enumerate(NODES):
@@ -162,9 +165,12 @@ def k3s_credentials(node):
     return f"{auth['username']}:{auth['password']}"
 
 
-def curl_catalog(node, credentials=None):
+def curl_catalog(node, credentials=None, cacert=None):
+    """The catalog as curl on the node gets it: trusting the OS store, or only ``cacert``."""
     user = ["--user", credentials] if credentials else []
-    return node.run_local(["curl", "-sS", "--fail", "--max-time", "10", *user, f"https://{ADDRESS}/v2/_catalog"])
+    trust = ["--cacert", cacert] if cacert else []
+    return node.run_local(["curl", "-sS", "--fail", "--max-time", "10", *user, *trust,
+                           f"https://{ADDRESS}/v2/_catalog"])
 
 
 def managed_lines(hosts: bytes) -> list[bytes]:
@@ -558,10 +564,38 @@ def test_a_removed_cache_leaves_nothing_on_the_nodes(cache_removed, stack, manag
     assert_converged(stack)
 
 
+@pytest.fixture(scope="module")
+def trust_store_off(cache_removed, stack, managed):
+    stack.config_set("osTrustStore", False)
+    clear_restart_logs(managed)
+    return stack.up().check()
+
+
+def test_turning_the_os_trust_store_off_takes_the_ca_out_and_k3s_keeps_it(
+        trust_store_off, stack, managed, java_before, registry):
+    changed = {name for op, _, name in changes_of(trust_store_off) if op != "+"}
+    assert changed == {f"nodes-{name}-{step}" for name in ("server01", "server02", "agent01b")
+                       for step in ("scripts", "trust")}, trust_store_off.stdout
+    registry.serve(MOVED_IP)  # as declared now: with credentials again
+    ca = stack.outputs()["caCertificatePem"]
+    for node in managed:
+        assert anchors(node) == [], node.name
+        assert ca.encode() not in node.read_file("/etc/ssl/certs/ca-certificates.crt"), node.name
+        assert java_trusted(node) == java_before[node.name], node.name
+        assert restarts(node) == [], "registries.yaml did not change"
+        # curl trusting the OS store refuses the registry; with the file k3s gives containerd it connects.
+        assert curl_catalog(node, k3s_credentials(node)).returncode == 60, node.name
+        ca_file = yaml.safe_load(node.read_file(REGISTRIES_YAML))["configs"][ADDRESS]["tls"]["ca_file"]
+        assert node.read_file(ca_file) == ca.encode(), node.name
+        listed = curl_catalog(node, k3s_credentials(node), cacert=ca_file)
+        assert listed.returncode == 0, (node.name, listed.stderr.decode())
+    assert_converged(stack)
+
+
 # ------------------------------------------------------------------ destroy
 
 @pytest.fixture(scope="module")
-def destroyed(cache_removed, stack, managed):
+def destroyed(trust_store_off, stack, managed):
     clear_restart_logs(managed)
     return stack.destroy().check()
 

@@ -196,3 +196,22 @@ def test_a_refresh_finds_a_merged_file_in_sync_and_a_foreign_endpoint_not(merged
     assert probe_of(merge(rewrite_only, ADDRESS, CA_FILE, None, AUTH, CACHES[:1]), tmp_path, CACHES[:1]) == ""
     hijacked = merged.replace("    - https://registry.cube.local:5001", "    - https://elsewhere.lab.test")
     assert "the mirror for docker.io is not https://registry.cube.local:5001 alone" in probe_of(hijacked, tmp_path, CACHES)
+
+
+def test_an_anonymous_cache_gets_no_credentials_and_turning_it_on_takes_them_out(merged, tmp_path):
+    """containerd sends a configs entry's credentials to that cache: an anonymous one has none."""
+    anonymous = [{**CACHES[0], "anonymous": True}, CACHES[1]]
+    switched = merge(merged, ADDRESS, CA_FILE, None, AUTH, anonymous, CACHES)
+    read = k3s_reads(switched, tmp_path)
+    assert read["configs"]["registry.cube.local:5001"]["auth"] is None  # wharfie's struct: no credentials
+    assert read["configs"]["registry.cube.local:5001"]["tls"]["ca_file"] == CA_FILE
+    assert read["configs"]["registry.cube.local:5002"]["auth"]["password"] == AUTH["password"]
+    assert read["configs"][ADDRESS]["auth"]["password"] == AUTH["password"]
+    assert read["mirrors"]["docker.io"]["endpoint"] == ["https://registry.cube.local:5001"]
+    assert probe_of(switched, tmp_path, anonymous) == ""
+    # With its credentials back in the file, the anonymous cache is out of sync; and the other way round.
+    assert "configs.registry.cube.local:5001 has credentials this program did not set" in probe_of(merged, tmp_path, anonymous)
+    assert "configs.registry.cube.local:5001 has no credentials" in probe_of(switched, tmp_path, CACHES)
+    back = merge(switched, ADDRESS, CA_FILE, None, AUTH, CACHES, anonymous)
+    assert k3s_reads(back, tmp_path) == k3s_reads(merged, tmp_path)
+    assert unmerge(switched, ADDRESS, anonymous) == unmerge(merged, ADDRESS, CACHES)

@@ -68,14 +68,14 @@ def certificate_fingerprint(certificate_pem: pulumi.Input[str]) -> pulumi.Output
     )
 
 
-def registry_environment(settings: RegistrySettings) -> list[k8s.core.v1.EnvVarArgs]:
+def registry_environment(settings: RegistrySettings, authenticated: bool) -> list[k8s.core.v1.EnvVarArgs]:
     values = {
         "REGISTRY_HTTP_ADDR": f":{CONTAINER_PORT}",
         "REGISTRY_HTTP_TLS_CERTIFICATE": f"{CERTS_MOUNT_PATH}/tls.crt",
         "REGISTRY_HTTP_TLS_KEY": f"{CERTS_MOUNT_PATH}/tls.key",
         "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": DATA_MOUNT_PATH,
     }
-    if settings.auth.enabled:
+    if authenticated:
         values |= {
             "REGISTRY_AUTH": "htpasswd",
             "REGISTRY_AUTH_HTPASSWD_REALM": f"{settings.hostname} registry",
@@ -122,7 +122,8 @@ def create_deployment(
     extra_env: Sequence[k8s.core.v1.EnvVarArgs] = (),
     extra_scanner_exceptions: Sequence[str] = (),
 ) -> k8s.apps.v1.Deployment:
-    """``htpasswd_secret_name`` is given exactly when authentication is on; ``data_sub_path``
+    """``htpasswd_secret_name`` is given exactly when clients must log in (auth on, and not an
+    anonymous cache); ``data_sub_path``
     is the directory of the claim that holds the storage root (the whole claim by default).
     A cache is the same Deployment with its own name, ``component`` and proxy ``extra_env``."""
     labels = pod_labels(name, component)
@@ -140,7 +141,7 @@ def create_deployment(
         image=settings.image,
         image_pull_policy="IfNotPresent",
         ports=[k8s.core.v1.ContainerPortArgs(name=CONTAINER_PORT_NAME, container_port=CONTAINER_PORT, protocol="TCP")],
-        env=[*registry_environment(settings), *extra_env],
+        env=[*registry_environment(settings, authenticated=htpasswd_secret_name is not None), *extra_env],
         volume_mounts=[
             k8s.core.v1.VolumeMountArgs(name="certs", mount_path=CERTS_MOUNT_PATH, read_only=True),
             k8s.core.v1.VolumeMountArgs(name="data", mount_path=DATA_MOUNT_PATH, sub_path=data_sub_path),

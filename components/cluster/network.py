@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 
 import pulumi
@@ -45,19 +46,38 @@ def cache_egress(mirror: MirrorSettings) -> list[k8s.networking.v1.NetworkPolicy
     ]
 
 
+def host_networks(addresses: Sequence[str]) -> list[str]:
+    """Each address as a one-address network (``/32``, ``/128``)."""
+    return [str(ipaddress.ip_network(address)) for address in addresses]
+
+
+def anonymous_cache_sources(settings: RegistrySettings) -> list[str]:
+    """Where an anonymous cache's clients arrive from, as its pod sees them: the nodes' own
+    addresses, and the pod network. kube-proxy masquerades a node's connection to a
+    LoadBalancer IP (its KUBE-EXT chain marks it), so the pod sees it come from that node's
+    address on the pod network (flannel.1 or cni0, inside the cluster CIDR); the Service's
+    source ranges, checked before that, keep everything but the nodes out."""
+    return [*host_networks(settings.node_addresses), settings.cluster_cidr]
+
+
 def create_network_policy(
     name: str,
     namespace: pulumi.Input[str],
     parent: pulumi.Resource,
     component: str | None = None,
     egress: Sequence[k8s.networking.v1.NetworkPolicyEgressRuleArgs] = (),
+    sources: Sequence[str] = (),
 ) -> k8s.networking.v1.NetworkPolicy:
     """The registry port is open to every client and node; the pod itself reaches nothing.
 
     The registry needs no outbound connection (filesystem storage, no notifications), so a
     compromised pod cannot reach the rest of the network. k3s enforces NetworkPolicies with
     its embedded kube-router. A cache gets ``egress`` (see cache_egress), nothing more.
+    ``sources`` (an anonymous cache's, see anonymous_cache_sources): the only networks admitted.
     """
+    admitted = [
+        k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=cidr)) for cidr in sources
+    ]
     return k8s.networking.v1.NetworkPolicy(
         f"{name}-network-policy",
         metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=object_labels(name, component)),
@@ -66,7 +86,8 @@ def create_network_policy(
             policy_types=["Ingress", "Egress"],
             ingress=[
                 k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-                    ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=CONTAINER_PORT, protocol="TCP")]
+                    ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=CONTAINER_PORT, protocol="TCP")],
+                    from_=admitted or None,  # none: every source
                 )
             ],
             egress=list(egress),
@@ -87,8 +108,14 @@ def create_service(
     parent: pulumi.Resource,
     port: int | None = None,
     component: str | None = None,
+    only_from: Sequence[str] = (),
 ) -> k8s.core.v1.Service:
-    """``port`` (a cache's) replaces the registry's port, on the same IP."""
+    """``port`` (a cache's) replaces the registry's port, on the same IP.
+
+    ``only_from`` (an anonymous cache's: the nodes' addresses): the only clients of the
+    LoadBalancer IP. kube-proxy (and k3s's ServiceLB) drop every other source before the
+    traffic is masqueraded (spec.loadBalancerSourceRanges); no node port is allocated, as a node
+    port would take any client past that check."""
     # The IP is requested through MetalLB's annotation: spec.loadBalancerIP is deprecated and
     # MetalLB rejects a Service that sets both.
     annotations = {METALLB_IP_ANNOTATION: settings.load_balancer_ip}
@@ -105,6 +132,8 @@ def create_service(
         ),
         spec=k8s.core.v1.ServiceSpecArgs(
             type="LoadBalancer",
+            load_balancer_source_ranges=host_networks(only_from) or None,
+            allocate_load_balancer_node_ports=False if only_from else None,
             selector=pod_labels(name, component),
             ports=[
                 k8s.core.v1.ServicePortArgs(

@@ -130,7 +130,8 @@ class Registry(pulumi.ComponentResource):
     ) -> list[pulumi.Resource]:
         """A pull-through cache of one upstream (distribution's proxy mode takes one each): the
         registry's Deployment with its own name, volume and proxy settings, the same TLS and
-        htpasswd Secrets, on its own port of the registry's IP. Returns its workloads."""
+        htpasswd Secrets (an anonymous cache: no htpasswd), on its own port of the registry's IP.
+        Returns its workloads."""
         cache = naming.cache_name(name, mirror)
         component = naming.CACHE_COMPONENT
         upstream_secret_name = None
@@ -146,14 +147,20 @@ class Registry(pulumi.ComponentResource):
             secret_name=tls_secret_name,
             claim_name=claim.metadata.name,
             certificate_pem=certificate_pem,
-            htpasswd_secret_name=htpasswd_secret_name,
+            htpasswd_secret_name=None if mirror.anonymous else htpasswd_secret_name,
             parent=self,
             component=component,
             extra_env=deployment.proxy_environment(mirror, upstream_secret_name),
             extra_scanner_exceptions=[naming.UPSTREAM_CREDENTIALS_EXCEPTION] if upstream_secret_name else [],
         )
-        service = network.create_service(cache, settings, namespace, parent=self, port=mirror.port, component=component)
+        # An anonymous cache: no password (a pod's imagePullSecret would replace it, and the pull
+        # would bypass the cache), so only the cluster's nodes may reach it.
+        service = network.create_service(
+            cache, settings, namespace, parent=self, port=mirror.port, component=component,
+            only_from=settings.node_addresses if mirror.anonymous else (),
+        )
         network.create_network_policy(
-            cache, namespace, parent=self, component=component, egress=network.cache_egress(mirror)
+            cache, namespace, parent=self, component=component, egress=network.cache_egress(mirror),
+            sources=network.anonymous_cache_sources(settings) if mirror.anonymous else (),
         )
         return [cache_deployment, service]

@@ -52,7 +52,7 @@ def parse_nodes(key: str, value: Any) -> tuple[NodeSettings, ...]:
     return nodes
 
 
-_MIRROR_KEYS = ("upstream", "url", "port", "username", "password", "storageSize", "ttl")
+_MIRROR_KEYS = ("upstream", "url", "port", "username", "password", "storageSize", "ttl", "anonymous")
 
 
 def mirrors_parser(registry_port: int, image: str) -> Callable[[str, Any], tuple[MirrorSettings, ...]]:
@@ -116,6 +116,14 @@ def _mirror_entry(index: int, entry: Any, image: str) -> dict[str, Any]:
         storage_size = parse_quantity("", entry.get("storageSize", DEFAULT_MIRROR_STORAGE_SIZE))
     except Invalid as invalid:
         fail(f"{where}: storageSize {invalid}")
+    anonymous = entry.get("anonymous", False)
+    if not isinstance(anonymous, bool):
+        fail(f"{where}: anonymous must be true or false, got {anonymous!r}")
+    if anonymous and username is not None:
+        fail(
+            f"{where}: an anonymous cache cannot hold upstream credentials: anything on the cluster that reaches "
+            "it would pull what they can read. Remove username and password, or anonymous"
+        )
     ttl = entry.get("ttl")
     if ttl is not None:
         if not isinstance(ttl, str) or not _DURATION.match(ttl):
@@ -129,6 +137,7 @@ def _mirror_entry(index: int, entry: Any, image: str) -> dict[str, Any]:
     return {
         "upstream": upstream, "url": url.rstrip("/"), "port": port, "storage_size": storage_size,
         "username": username, "password": SecretText(password) if password is not None else None, "ttl": ttl,
+        "anonymous": anonymous,
     }
 
 

@@ -8,6 +8,7 @@ before any resource is declared.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 from collections.abc import Mapping
 
 import pulumi
@@ -18,6 +19,7 @@ from ..settings import (
     DEFAULT_CA_VALIDITY_DAYS,
     DEFAULT_CERT_RENEWAL_DAYS,
     DEFAULT_CERT_VALIDITY_DAYS,
+    DEFAULT_CLUSTER_CIDR,
     DEFAULT_IMAGE,
     DEFAULT_K3S_RESTART_TIMEOUT,
     DEFAULT_KEY_ALGORITHM,
@@ -27,6 +29,7 @@ from ..settings import (
     AuthSettings,
     CertificateSettings,
     NodeAccessSettings,
+    NodeSettings,
     RegistrySettings,
     StackSettings,
 )
@@ -35,6 +38,7 @@ from .reader import PROJECT, ConfigError, Reader
 from .values import (
     parse_auth_username,
     parse_bool,
+    parse_cidr,
     parse_claim_name,
     parse_dns_name_or_wildcard,
     parse_hostname,
@@ -72,7 +76,9 @@ KNOWN_KEYS = (
     "k3sRestartTimeout",
     "existingClaim",
     "migrateFromGuide",
+    "osTrustStore",
     "mirrors",
+    "clusterCidr",
 )
 
 
@@ -149,6 +155,7 @@ def parse_settings(
     # The CLI injects Pulumi.yaml's default into every stack, so "set" cannot be told from
     # "defaulted": with auth off the user name is simply not used.
     auth_username = read.value("authUsername", parse_auth_username, DEFAULT_AUTH_USERNAME, json_value=False)
+    nodes: tuple[NodeSettings, ...] = read.value("nodes", parse_nodes, (), json_value=True)
     registry = RegistrySettings(
         hostname=hostname or "",
         load_balancer_ip=load_balancer_ip or "",
@@ -162,7 +169,18 @@ def parse_settings(
         auth=AuthSettings(enabled=auth_enabled, username=auth_username),
         existing_claim=read.value("existingClaim", parse_claim_name, None, json_value=False),
         mirrors=read.value("mirrors", mirrors_parser(port, image), (), json_value=True),
+        node_addresses=tuple(node.host for node in nodes if _is_ip(node.host)),
+        cluster_cidr=read.value("clusterCidr", parse_cidr, DEFAULT_CLUSTER_CIDR, json_value=False),
     )
+    anonymous = [mirror.upstream for mirror in registry.mirrors if mirror.anonymous]
+    named = [node.name for node in nodes if not _is_ip(node.host)]
+    if anonymous and (named or not nodes):
+        read.problem(
+            "mirrors",
+            f"the anonymous cache(s) {', '.join(anonymous)} admit the cluster's nodes by IP address, but "
+            + (f"nodes {', '.join(named)} are given by name; give each node's IP address as its host"
+               if named else "no nodes are configured; list the nodes in nodes, by IP address"),
+        )
     if any(mirror.password is not None for mirror in registry.mirrors):
         # A nested secret (set with --secret --path) makes the whole key a secret.
         require_secret("mirrors", "pulumi config set --secret --path 'mirrors[0].password'")
@@ -174,18 +192,27 @@ def parse_settings(
             "has its class), and no mirrors are configured; remove storageClass",
         )
     node_access = NodeAccessSettings(
-        nodes=read.value("nodes", parse_nodes, (), json_value=True),
+        nodes=nodes,
         restart_k3s=read.value("restartK3s", parse_bool, True, json_value=False),
         restart_timeout_seconds=read.value(
             "k3sRestartTimeout", parse_int(5, 3600, "a number of seconds"), DEFAULT_K3S_RESTART_TIMEOUT,
             json_value=False,
         ),
         migrate_from_guide=read.value("migrateFromGuide", parse_bool, False, json_value=False),
+        os_trust_store=read.value("osTrustStore", parse_bool, False, json_value=False),
         ssh_private_key=ssh_private_key,
     )
     if read.problems:
         raise ConfigError(read.problems)
     return StackSettings(registry=registry, node_access=node_access)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _unique(values: tuple[str, ...]) -> tuple[str, ...]:

@@ -73,6 +73,14 @@ def parse_ip(_key: str, value: Any) -> str:
         return ""
 
 
+def parse_cidr(_key: str, value: Any) -> str:
+    try:
+        return str(ipaddress.ip_network(str(value).strip()))
+    except ValueError:
+        fail(f"{value!r} is not a network in CIDR notation (host bits zero); k3s's default is 10.42.0.0/16")
+        return ""
+
+
 def check_dns_name(name: str, *, allow_wildcard: bool) -> None:
     labels = name.split(".")
     if allow_wildcard and labels[0] == "*" and len(labels) > 1:

@@ -53,6 +53,8 @@ class NodeConfigurationArgs:
     server the previous server's restart (servers restart one at a time)."""
     migrate_from_guide: bool = False
     """Remove the manual guide's leftovers (key, certificate, hosts line, registries.yaml entry)."""
+    os_trust_store: bool = False
+    """Also put the CA in the node's OS trust store (otherwise our CA is kept out of it)."""
 
 
 class NodeConfiguration:
@@ -72,11 +74,14 @@ class NodeConfiguration:
         node = args.node
         registry = args.registry
         caches = tuple((mirror.upstream, registry.mirror_address(mirror)) for mirror in registry.mirrors)
+        anonymous_caches = tuple(registry.mirror_address(mirror) for mirror in registry.mirrors if mirror.anonymous)
         plan = pulumi.Output.all(owner, args.trust_anchor_pem).apply(
             lambda values: NodePlan(
                 node_name=node.name, role=node.role, instance_id=args.instance_id, owner=str(values[0]),
                 certificate_pem=values[1], hostname=registry.hostname, ip_address=registry.load_balancer_ip,
-                address=registry.address, caches=caches, migrate_from_guide=args.migrate_from_guide,
+                address=registry.address, caches=caches, anonymous_caches=anonymous_caches,
+                migrate_from_guide=args.migrate_from_guide,
+                os_trust_store=args.os_trust_store,
                 restart_k3s=args.restart_k3s, restart_timeout_seconds=args.restart_timeout_seconds,
             )
         )
@@ -194,6 +199,7 @@ class ClusterNodes(pulumi.ComponentResource):
                     registry_credentials=credentials,
                     restart_timeout_seconds=args.access.restart_timeout_seconds,
                     migrate_from_guide=args.access.migrate_from_guide,
+                    os_trust_store=args.access.os_trust_store,
                     # Agents restart in parallel; servers one after the other, so an HA
                     # control plane (embedded etcd) keeps its quorum.
                     restart_after=[*args.restart_after, *(previous_server_restart if node.role == "server" else [])],

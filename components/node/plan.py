@@ -31,7 +31,10 @@ class NodePlan:
     ip_address: str
     address: str
     caches: tuple[tuple[str, str], ...] = ()
+    anonymous_caches: tuple[str, ...] = ()
+    """Addresses of the caches nodes read without credentials."""
     migrate_from_guide: bool = False
+    os_trust_store: bool = False
     restart_k3s: bool = True
     restart_timeout_seconds: int = DEFAULT_RESTART_TIMEOUT
     _rendered: dict[str, str] = field(default_factory=dict, init=False, compare=False, repr=False)
@@ -56,8 +59,12 @@ class NodePlan:
         }
         if self.caches:
             props["caches"] = [list(cache) for cache in self.caches]
+        if self.anonymous_caches:
+            props["anonymous_caches"] = list(self.anonymous_caches)
         if self.migrate_from_guide:
             props["migrate_from_guide"] = True
+        if self.os_trust_store:
+            props["os_trust_store"] = True
         if not self.restart_k3s:
             props["restart_k3s"] = False
         if self.restart_timeout_seconds != DEFAULT_RESTART_TIMEOUT:
@@ -72,7 +79,9 @@ class NodePlan:
             owner=str(props["owner"]), certificate_pem=str(props["certificate_pem"]),
             hostname=str(props["hostname"]), ip_address=str(props["ip_address"]), address=str(props["address"]),
             caches=tuple((str(upstream), str(address)) for upstream, address in props.get("caches") or ()),
+            anonymous_caches=tuple(str(address) for address in props.get("anonymous_caches") or ()),
             migrate_from_guide=bool(props.get("migrate_from_guide")),
+            os_trust_store=bool(props.get("os_trust_store")),
             restart_k3s=bool(props.get("restart_k3s", True)),
             restart_timeout_seconds=int(props.get("restart_timeout_seconds") or DEFAULT_RESTART_TIMEOUT),
         )

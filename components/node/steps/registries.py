@@ -62,9 +62,14 @@ edit_registries() {{
     )
 
 
-def caches_json(caches: tuple[tuple[str, str], ...]) -> str:
-    """The pull-through caches as the registries editor takes them: [{upstream, address}]."""
-    return json.dumps([{"upstream": upstream, "address": address} for upstream, address in caches], sort_keys=True)
+def caches_json(caches: tuple[tuple[str, str], ...], anonymous: tuple[str, ...] = ()) -> str:
+    """The pull-through caches as the registries editor takes them: [{upstream, address}], and
+    ``"anonymous": true`` on a cache nodes read without credentials."""
+    return json.dumps(
+        [{"upstream": upstream, "address": address, **({"anonymous": True} if address in anonymous else {})}
+         for upstream, address in caches],
+        sort_keys=True,
+    )
 
 
 def registries_install_script(
@@ -73,6 +78,7 @@ def registries_install_script(
     ca_pem: str,
     guide_hostname: str | None = None,
     caches: tuple[tuple[str, str], ...] = (),
+    anonymous_caches: tuple[str, ...] = (),
 ) -> str:
     """Points k3s at the registry: a mirror and a configs entry keyed host:port, with our CA file.
 
@@ -83,7 +89,8 @@ def registries_install_script(
     With ``guide_hostname`` (migrateFromGuide) the manual guide's configs entry for that bare
     host name goes, from the file and from the copy kept to give back on destroy.
     ``caches``: (upstream, host:port) of each pull-through cache: ``mirrors.<upstream>`` points
-    there, with the same CA and credentials. A cache dropped from the list is taken out again;
+    there, with the same CA and credentials (none for the ``anonymous_caches``: containerd would
+    send a pod's pull secret to them instead). A cache dropped from the list is taken out again;
     a mirror of the same upstream that this program did not write stops the step, by name.
     """
     forget_guide = (
@@ -121,7 +128,7 @@ echo "registry CA file for k3s: $changed"
 old_address=
 if [ -e "$state/address" ]; then old_address=$(cat "$state/address"); fi
 current="$registries"
-caches={q(caches_json(caches))}
+caches={q(caches_json(caches, anonymous_caches))}
 old_caches=
 if [ -e "$state/caches" ]; then old_caches=$(cat "$state/caches"); fi
 # k3s reads another file when its config says so (--private-registry): this one would not apply.
@@ -341,7 +348,7 @@ def main(path, address, ca_file, caches="[]"):
         found = mirror_findings(document, address, address) + config_findings(document, address, ca_file, auth)
         for cache in json.loads(caches):
             found += mirror_findings(document, cache["upstream"], cache["address"], ("rewrite",))
-            found += config_findings(document, cache["address"], ca_file, auth)
+            found += config_findings(document, cache["address"], ca_file, None if cache.get("anonymous") else auth)
     if found:
         print("; ".join(found))
 
@@ -351,7 +358,8 @@ main(*sys.argv[1:5])
 
 
 def registries_probe_script(
-    target: NodeTarget, address: str, ca_pem: str, caches: tuple[tuple[str, str], ...] = ()
+    target: NodeTarget, address: str, ca_pem: str, caches: tuple[tuple[str, str], ...] = (),
+    anonymous_caches: tuple[str, ...] = (),
 ) -> str:
     """In sync when k3s's CA file holds the PEM and registries.yaml has our mirror and configs entry.
 
@@ -364,7 +372,7 @@ def registries_probe_script(
 ca_file={q(target.k3s_ca_file)}
 registries={q(REGISTRIES_YAML)}
 address={q(address)}
-caches={q(caches_json(caches))}
+caches={q(caches_json(caches, anonymous_caches))}
 """
         + same_bytes_check("ca_file", with_final_newline(ca_pem), "k3s: CA file")
         + f"""\
@@ -396,9 +404,10 @@ def render(plan: NodePlan) -> dict[str, str]:
     restart = (plan.restart_k3s, plan.restart_timeout_seconds)
     return {
         "install": registries_install_script(target, plan.address, pem,
-                                             plan.hostname if plan.migrate_from_guide else None, plan.caches),
+                                             plan.hostname if plan.migrate_from_guide else None, plan.caches,
+                                             plan.anonymous_caches),
         "remove": registries_remove_script(target, plan.address, *restart),
-        "probe": registries_probe_script(target, plan.address, pem, plan.caches),
+        "probe": registries_probe_script(target, plan.address, pem, plan.caches, plan.anonymous_caches),
     }
 
 

@@ -7,7 +7,8 @@ file and prints the new one.
 
     merge   FILE ADDRESS CA_FILE [OLD_ADDRESS [CACHES [OLD_CACHES]]]  < auth.json
             (auth.json: {} or {"username","password"}; CACHES: JSON [{"upstream","address"}], the
-            pull-through caches: mirrors.<upstream> -> https://<address> with the same CA and auth)
+            pull-through caches: mirrors.<upstream> -> https://<address> with the same CA and auth;
+            none for a cache with "anonymous": true)
     unmerge FILE ADDRESS [CACHES]
     forget-guide FILE HOSTNAME   the manual guide's entry: configs.HOSTNAME (no port) with its key_file
     private-registry CONFIG...   the registries file k3s's config files name (private-registry), if any
@@ -292,7 +293,8 @@ def merge(text, address, ca_file, old_address=None, auth=None, caches=(), old_ca
     set_entry(document, "configs", address, _config(ca_file, auth))
     for cache in caches:
         add_cache_mirror(document, cache["upstream"], cache["address"])
-        set_entry(document, "configs", cache["address"], _config(ca_file, auth))
+        # An anonymous cache gets no credentials: the configs entry would send them to it.
+        set_entry(document, "configs", cache["address"], _config(ca_file, None if cache.get("anonymous") else auth))
     return document.text() if document.value else ""
 
 

@@ -1,7 +1,12 @@
 """Trust store: the registry's CA certificate in the node's OS trust store (and Java's, by its hook).
 
-install adds it (with migrateFromGuide, first removing the manual guide's key and certificate
-from the store), remove takes it out and rebuilds the store, probe checks the file and the bundle.
+Only with osTrustStore: install adds it (with migrateFromGuide, first removing the manual
+guide's key and certificate from the store), remove takes it out and rebuilds the store, probe
+checks the file and the bundle. Without it (the default) install keeps our CA out of the store,
+removing what an earlier `up` put there, and probe reports a CA found there as drift: k3s's
+containerd trusts the registry through registries.yaml's ca_file (the k3s step), and a CA in the
+OS store is trusted by every TLS client on the node for every name (pulumi-tls's certificates
+carry no X.509 name constraints) while its private key is in the Pulumi state.
 """
 
 from __future__ import annotations
@@ -27,7 +32,22 @@ DEBIAN_ANCHORS = "/usr/local/share/ca-certificates"
 REDHAT_ANCHORS = "/etc/pki/ca-trust/source/anchors"
 
 
-def trust_store_detection() -> str:
+def trust_store_detection(refuse_unknown_os: bool = True) -> str:
+    """Sets ``anchors`` (empty: the OS store is not used here, ``skipped`` says why), ``bundle``,
+    ``refresh_trust`` and ``announce_removal`` for the node's OS. An OS we do not know fails the
+    install; with ``refuse_unknown_os`` false (nothing of ours can be in its store) it is skipped."""
+    unknown_os = (
+        """\
+    supported="Debian, Ubuntu, Raspberry Pi OS, RHEL, Fedora, CentOS, Rocky and AlmaLinux (skipped: Alpine, SUSE)"
+    fail "cannot install the registry certificate on $os_name: supported are $supported"
+"""
+        if refuse_unknown_os
+        else """\
+    anchors=
+    # shellcheck disable=SC2034  # read by the scripts that include this detection
+    skipped="trust store: nothing of ours on $os_name (no OS trust store of ours is used there)"
+"""
+    )
     return f"""\
 if [ -r /etc/os-release ]; then
   # shellcheck source=/dev/null
@@ -78,9 +98,7 @@ trust the registry through registries.yaml; add the CA (pulumi stack output caCe
 store yourself if other programs on this node need it"
     ;;
   *)
-    supported="Debian, Ubuntu, Raspberry Pi OS, RHEL, Fedora, CentOS, Rocky and AlmaLinux (skipped: Alpine, SUSE)"
-    fail "cannot install the registry certificate on $os_name: supported are $supported"
-    ;;
+{unknown_os}    ;;
 esac
 """
 
@@ -184,7 +202,7 @@ def trust_remove_script(target: NodeTarget) -> str:
     """Removes the certificate again; the trust store is rebuilt without it."""
     return (
         header(target, REPLACE_FILE_FUNCTION, ownership(target, "trust"))
-        + trust_store_detection()
+        + trust_store_detection(refuse_unknown_os=False)
         + f"""\
 leave_if_owned_by_another
 if [ -z "$anchors" ]; then
@@ -236,10 +254,84 @@ report
 
 
 
+TRUST_STORE_OFF = "osTrustStore is off: k3s trusts the registry through registries.yaml"
+
+
+def trust_off_install_script(target: NodeTarget, guide_hostname: str | None = None) -> str:
+    """Keeps our CA out of the OS trust store (osTrustStore off): takes out what an `up` with it
+    on put there. With ``guide_hostname`` (migrateFromGuide) the manual guide's key and
+    certificate leave the store too."""
+    cleanup = guide_trust_cleanup(target, guide_hostname) if guide_hostname else ""
+    guide_pending = ' || [ -e "$guide_pending" ]' if guide_hostname else ""
+    announce_guide = (
+        """\
+  if [ -e "$guide_pending" ]; then
+    announce_removal registry.crt
+    rm -f "$guide_pending"
+  fi
+"""
+        if guide_hostname
+        else ""
+    )
+    return (
+        header(target, REPLACE_FILE_FUNCTION, ownership(target, "trust"))
+        + trust_store_detection(refuse_unknown_os=False)
+        + "claim_step\n"
+        + SKIP_UNSUPPORTED_STORE
+        + cleanup
+        + f"""\
+anchor="$anchors/"{q(target.anchor_file_name)}
+# Recorded before the removal, so a run cut short before the rebuild still rebuilds next time.
+pending={q(STATE_ROOT)}/{q(target.instance_id + "-trust.removing")}
+remove_stale_temps "$anchor"
+if [ -e "$anchor" ] || [ -e "$pending" ]{guide_pending}; then
+  mkdir -p {q(STATE_ROOT)}
+  ours=no
+  if [ -e "$anchor" ] || [ -e "$pending" ]; then
+    ours=yes
+    : > "$pending"
+    rm -f "$anchor"
+  fi
+  refresh_trust fresh
+  if [ "$ours" = yes ]; then
+    announce_removal {q(target.anchor_file_name)}
+    echo "trust store: certificate removed ({TRUST_STORE_OFF})"
+  fi
+{announce_guide}  rm -f "$pending" {q(STATE_ROOT)}/{q(target.instance_id + "-trust.replacing")}
+else
+  echo "trust store: not used ({TRUST_STORE_OFF})"
+fi
+"""
+    )
+
+
+def trust_off_probe_script(target: NodeTarget) -> str:
+    """In sync when our CA is not in the OS trust store (osTrustStore off)."""
+    return (
+        probe_header(target)
+        + trust_store_detection(refuse_unknown_os=False)
+        + 'if [ -z "$anchors" ]; then\n  report\n  exit 0\nfi\n'
+        + f"""\
+anchor="$anchors/"{q(target.anchor_file_name)}
+if [ -e "$anchor" ]; then
+  drift "trust store: $anchor holds a certificate of ours, but osTrustStore is off"
+fi
+report
+"""
+    )
+
+
 def render(plan: NodePlan) -> dict[str, str]:
     target, pem = plan.target, plan.certificate_pem
+    guide_hostname = plan.hostname if plan.migrate_from_guide else None
+    if not plan.os_trust_store:
+        return {
+            "install": trust_off_install_script(target, guide_hostname),
+            "remove": trust_remove_script(target),
+            "probe": trust_off_probe_script(target),
+        }
     return {
-        "install": trust_install_script(target, pem, plan.hostname if plan.migrate_from_guide else None),
+        "install": trust_install_script(target, pem, guide_hostname),
         "remove": trust_remove_script(target),
         "probe": trust_probe_script(target, pem),
     }
