@@ -35,6 +35,7 @@ pulumi.export("namespace", registry.namespace)
 pulumi.export("loadBalancerIp", registry.load_balancer_ip)
 pulumi.export("configuredNodes", nodes.node_names)
 pulumi.export("mirrors", registry.mirrors)
+pulumi.export("servingCertificateExpires", registry.serving_certificate_expires)
 if registry.username is not None:
     pulumi.export("registryUsername", registry.username)
     pulumi.export("registryPassword", registry.password)

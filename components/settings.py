@@ -103,6 +103,8 @@ class RegistrySettings:
     existing_claim: str | None = None
     """A volume claim that already holds images (the manual guide's): mounted, never managed."""
     mirrors: tuple[MirrorSettings, ...] = ()
+    delete_enabled: bool = True
+    """Clients with the credentials may delete manifests (distribution's storage.delete.enabled)."""
     node_addresses: tuple[str, ...] = ()
     """The configured nodes' IP addresses: with the pod network, all an anonymous cache admits."""
     cluster_cidr: str = DEFAULT_CLUSTER_CIDR

@@ -201,6 +201,7 @@ MISTAKES = [
             ("admit the cluster's nodes by IP address", "nodes cube01 are given by name")),
     Mistake("mirrors-anonymous-without-nodes", {"mirrors": [{"upstream": "docker.io", "anonymous": True}], "nodes": REMOVE},
             "mirrors", ("no nodes are configured",)),
+    Mistake("deleteEnabled-as-a-word", {"deleteEnabled": "sometimes"}, "deleteEnabled", ("true or false",)),
     # clusterCidr
     Mistake("clusterCidr-with-host-bits", {"clusterCidr": "10.42.0.1/16"}, "clusterCidr", ("is not a network in CIDR",)),
     Mistake("clusterCidr-an-address", {"clusterCidr": "10.42.0.0/33"}, "clusterCidr", ("is not a network in CIDR",)),

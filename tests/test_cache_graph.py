@@ -135,6 +135,8 @@ def test_a_cache_is_the_registry_deployment_plus_its_proxy_settings(cached):
         registry_container = dict(registry["spec"]["template"]["spec"]["containers"][0])
         cache_env, registry_env = cache_container.pop("env"), registry_container.pop("env")
         assert cache_container == registry_container  # image, probes, limits, security context, mounts
+        # The registry's environment, then the cache's own (the registry's delete setting is its own).
+        registry_env = [item for item in registry_env if item["name"] != "REGISTRY_STORAGE_DELETE_ENABLED"]
         assert cache_env[: len(registry_env)] == registry_env
         assert {item["name"] for item in cache_env[len(registry_env):]} <= {
             "REGISTRY_PROXY_REMOTEURL", "REGISTRY_PROXY_USERNAME", "REGISTRY_PROXY_PASSWORD",

@@ -47,6 +47,7 @@ def test_defaults_match_the_documented_table():
     assert settings.node_access.os_trust_store is False
     assert registry.mirrors == ()
     assert registry.cluster_cidr == "10.42.0.0/16" and registry.node_addresses == ()
+    assert registry.delete_enabled is True
 
 
 def test_an_anonymous_cache_admits_the_nodes_by_address_and_the_given_pod_network():
@@ -195,6 +196,7 @@ def test_project_file_declares_every_scalar_and_list_key_with_its_default():
         "migrateFromGuide": settings.node_access.migrate_from_guide,
         "osTrustStore": settings.node_access.os_trust_store,
         "clusterCidr": settings.registry.cluster_cidr,
+        "deleteEnabled": settings.registry.delete_enabled,
     }
     # Declared: the required keys and every key with a default. Optional keys without a default
     # stay undeclared, or the CLI would require them (tests/test_cli_config.py).

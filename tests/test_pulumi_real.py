@@ -16,6 +16,7 @@ auth off, a cache added and removed, the state holds no secret in plain text, de
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography import x509
 
 from harness import NODE_SCRIPTS
 from nodebed import NodeSpec, file_times, free_addresses, running_nodes, units_for
@@ -268,6 +270,16 @@ def first_up(first_preview, stack, managed):
     finally:
         for node in managed:
             node.set_restart_seconds(0)
+
+
+def test_the_serving_certificates_expiry_is_a_stack_output(first_up, stack):
+    """servingCertificateExpires is the notAfter of the certificate the registry serves."""
+    (tls_secret,) = [r for r in stack.rendered().of_type("kubernetes:core/v1:Secret")
+                     if r.inputs.get("type") == "kubernetes.io/tls"]
+    served = x509.load_pem_x509_certificate(tls_secret.inputs["stringData"]["tls.crt"].encode())
+    expires = dt.datetime.fromisoformat(stack.outputs()["servingCertificateExpires"])
+    # The provider keeps the fraction of a second that X.509's notAfter cannot hold.
+    assert expires.replace(microsecond=0) == served.not_valid_after_utc
 
 
 def test_up_configures_every_node(first_up, stack, managed, before):

@@ -171,6 +171,15 @@ def test_registry_reads_certificate_and_key_from_the_mounted_secret(guide):
     assert env["REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY"] == "/var/lib/registry"
 
 
+def test_clients_with_the_credentials_may_delete_unless_deleting_is_off(guide):
+    env = {item["name"]: item["value"] for item in container(guide)["env"]}
+    assert env["REGISTRY_STORAGE_DELETE_ENABLED"] == "true"
+    kept = evaluate({**GUIDE_CONFIG, "deleteEnabled": "false"})
+    (kept_container,) = kept.named("registry-deployment").inputs["spec"]["template"]["spec"]["containers"]
+    names = {item["name"] for item in kept_container["env"]}
+    assert "REGISTRY_STORAGE_DELETE_ENABLED" not in names
+
+
 def test_probes_use_https_on_the_registry_port(guide):
     port_names = {port["name"] for port in container(guide)["ports"]}
     for probe in ("readinessProbe", "livenessProbe"):
@@ -241,6 +250,8 @@ def test_stack_outputs_give_address_ca_namespace_and_ip_but_never_the_key(guide)
     assert guide.outputs["caCertificatePem"] == guide.one(CA).outputs["certPem"]
     assert guide.outputs["namespace"] == "docker-registry"
     assert guide.outputs["loadBalancerIp"] == "192.168.0.202"
+    serving = guide.named("registry-cert")
+    assert guide.outputs["servingCertificateExpires"] == serving.outputs["validityEndTime"]
     assert not any("PRIVATE KEY" in str(value) for value in guide.outputs.values())
 
 

@@ -8,6 +8,7 @@ import base64
 import json
 import socket
 import ssl
+import subprocess
 
 import pytest
 
@@ -179,3 +180,42 @@ def test_skopeo_without_the_certificate_is_refused(registry, client, credentials
     )
     assert pushed.returncode != 0
     assert b"certificate signed by unknown authority" in pushed.stderr
+
+
+def skopeo_on(client, *argv: str):
+    return client.run_local(["skopeo", *argv])
+
+
+def test_a_client_with_the_credentials_deletes_an_image_and_nobody_else_can(
+    registry, ca_pem, credentials, client, cert_dir, tmp_path
+):
+    """deleteEnabled (on by default): DELETE of the manifest by digest, as `skopeo delete` sends it."""
+    layout = build_oci_layout(tmp_path / "image", "1.0", b"to be deleted\n")
+    reference = f"docker://{HOSTNAME}:5000/demo/short-lived:1.0"
+    pushed = skopeo_copy(f"oci:{layout}:1.0", reference,
+                         extra_args=["--dest-cert-dir", str(cert_dir), "--dest-creds", ":".join(credentials)],
+                         run=client.run_local)
+    assert pushed.returncode == 0, pushed.stderr.decode() + registry.log()
+    anonymous = skopeo_on(client, "delete", "--cert-dir", str(cert_dir), reference)
+    assert anonymous.returncode != 0 and b"authentication required" in anonymous.stderr, anonymous.stderr
+    deleted = skopeo_on(client, "delete", "--cert-dir", str(cert_dir), "--creds", ":".join(credentials), reference)
+    assert deleted.returncode == 0, deleted.stderr.decode() + registry.log()
+    status, _ = https_get(f"/v2/demo/short-lived/manifests/{manifest_digest(layout, '1.0')}", trusting(ca_pem),
+                          accept="application/vnd.oci.image.manifest.v1+json", credentials=credentials)
+    assert status == 404
+
+
+def test_with_delete_off_the_registry_refuses_every_delete(tmp_path, tmp_path_factory):
+    kept = evaluate({**CONFIG, "loadBalancerIp": "127.0.0.207", "deleteEnabled": "false"})
+    with registry_pod(kept, tmp_path_factory.mktemp("kept-pod"), "127.0.0.207") as running:
+        certs = tmp_path / "certs"
+        certs.mkdir()
+        (certs / "ca.crt").write_text(kept.outputs["caCertificatePem"])
+        creds = f"{kept.outputs['registryUsername']}:{kept.outputs['registryPassword']}"
+        layout = build_oci_layout(tmp_path / "image", "1.0", b"kept forever\n")
+        reference = "docker://127.0.0.207:5000/demo/kept:1.0"
+        pushed = skopeo_copy(f"oci:{layout}:1.0", reference, extra_args=["--dest-cert-dir", str(certs), "--dest-creds", creds])
+        assert pushed.returncode == 0, pushed.stderr.decode() + running.log()
+        refused = subprocess.run(["skopeo", "delete", "--cert-dir", str(certs), "--creds", creds, reference],
+                                 capture_output=True, check=False)
+        assert refused.returncode != 0 and b"unsupported" in refused.stderr.lower(), refused.stderr

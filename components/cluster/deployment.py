@@ -30,6 +30,15 @@ from .naming import (
     scanner_exceptions,
 )
 
+STORAGE_DELETE = k8s.core.v1.EnvVarArgs(name="REGISTRY_STORAGE_DELETE_ENABLED", value="true")
+
+
+def delete_environment() -> list[k8s.core.v1.EnvVarArgs]:
+    """distribution's ``storage.delete.enabled``: with it, ``DELETE /v2/<name>/manifests/<digest>``
+    (with the credentials) removes a manifest; without it the registry answers 405 UNSUPPORTED.
+    A deleted image's blobs stay on the volume until a garbage collection."""
+    return [STORAGE_DELETE]
+
 
 def proxy_environment(
     mirror: MirrorSettings, upstream_secret_name: pulumi.Input[str] | None
@@ -44,7 +53,7 @@ def proxy_environment(
     """
     env = [
         k8s.core.v1.EnvVarArgs(name="REGISTRY_PROXY_REMOTEURL", value=mirror.url),
-        k8s.core.v1.EnvVarArgs(name="REGISTRY_STORAGE_DELETE_ENABLED", value="true"),
+        STORAGE_DELETE,
     ]
     if upstream_secret_name is not None:
         env += [

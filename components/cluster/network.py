@@ -113,8 +113,8 @@ def create_service(
     """``port`` (a cache's) replaces the registry's port, on the same IP.
 
     ``only_from`` (an anonymous cache's: the nodes' addresses): the only clients of the
-    LoadBalancer IP. kube-proxy (and k3s's ServiceLB) drop every other source before the
-    traffic is masqueraded (spec.loadBalancerSourceRanges); no node port is allocated, as a node
+    LoadBalancer IP: kube-proxy drops every other source (spec.loadBalancerSourceRanges, its
+    KUBE-FW chain, before the traffic is masqueraded); no node port is allocated, as a node
     port would take any client past that check."""
     # The IP is requested through MetalLB's annotation: spec.loadBalancerIP is deprecated and
     # MetalLB rejects a Service that sets both.

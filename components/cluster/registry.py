@@ -40,6 +40,9 @@ class Registry(pulumi.ComponentResource):
     mirrors: pulumi.Output[dict[str, str]]
     """upstream -> ``hostname:port`` of its pull-through cache (empty without caches)."""
 
+    serving_certificate_expires: pulumi.Output[str]
+    """When the serving certificate expires (RFC 3339): an `up` before then renews it."""
+
     def __init__(self, name: str, args: RegistrySettings, opts: pulumi.ResourceOptions | None = None):
         super().__init__("k3s-registry:index:Registry", name, None, opts)
         settings = args
@@ -87,6 +90,7 @@ class Registry(pulumi.ComponentResource):
             htpasswd_secret_name=htpasswd_secret_name,
             parent=self,
             data_sub_path=data_sub_path,
+            extra_env=deployment.delete_environment() if settings.delete_enabled else [],
         )
         self.service = network.create_service(name, settings, namespace_name, parent=self)
         # k3s on the nodes restarts only once these are in place: a restart takes a server's
@@ -101,6 +105,7 @@ class Registry(pulumi.ComponentResource):
 
         self.address = pulumi.Output.from_input(settings.address)
         self.trust_anchor_pem = certificates.trust_anchor_pem
+        self.serving_certificate_expires = certificates.serving_certificate.validity_end_time
         self.namespace = namespace_name
         self.load_balancer_ip = pulumi.Output.from_input(settings.load_balancer_ip)
         self.mirrors = pulumi.Output.from_input(
@@ -115,6 +120,7 @@ class Registry(pulumi.ComponentResource):
                 "username": self.username,
                 "password": self.password,
                 "mirrors": self.mirrors,
+                "servingCertificateExpires": self.serving_certificate_expires,
             }
         )
 

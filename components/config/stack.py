@@ -79,6 +79,7 @@ KNOWN_KEYS = (
     "osTrustStore",
     "mirrors",
     "clusterCidr",
+    "deleteEnabled",
 )
 
 
@@ -168,6 +169,7 @@ def parse_settings(
         certificate=certificate,
         auth=AuthSettings(enabled=auth_enabled, username=auth_username),
         existing_claim=read.value("existingClaim", parse_claim_name, None, json_value=False),
+        delete_enabled=read.value("deleteEnabled", parse_bool, True, json_value=False),
         mirrors=read.value("mirrors", mirrors_parser(port, image), (), json_value=True),
         node_addresses=tuple(node.host for node in nodes if _is_ip(node.host)),
         cluster_cidr=read.value("clusterCidr", parse_cidr, DEFAULT_CLUSTER_CIDR, json_value=False),

@@ -146,23 +146,27 @@ fi
 """
 
 
-def trust_install_script(target: NodeTarget, certificate_pem: str, guide_hostname: str | None = None) -> str:
-    """Adds the registry's public certificate to the OS trust store.
-
-    With ``guide_hostname`` (migrateFromGuide) it first removes the manual guide's leftovers.
-    """
-    cleanup = guide_trust_cleanup(target, guide_hostname) if guide_hostname else ""
-    guide_pending = ' || [ -e "$guide_pending" ]' if guide_hostname else ""
-    after_refresh = (
-        """\
+def guide_parts(target: NodeTarget, guide_hostname: str | None) -> tuple[str, str, str]:
+    """With migrateFromGuide, the pieces an install takes the guide's files out with: the
+    cleanup, the condition that a removal is pending, and its announcement after the rebuild
+    (all empty without it)."""
+    if not guide_hostname:
+        return "", "", ""
+    announce = """\
   if [ -e "$guide_pending" ]; then
     announce_removal registry.crt
     rm -f "$guide_pending"
   fi
 """
-        if guide_hostname
-        else ""
-    )
+    return guide_trust_cleanup(target, guide_hostname), ' || [ -e "$guide_pending" ]', announce
+
+
+def trust_install_script(target: NodeTarget, certificate_pem: str, guide_hostname: str | None = None) -> str:
+    """Adds the registry's public certificate to the OS trust store.
+
+    With ``guide_hostname`` (migrateFromGuide) it first removes the manual guide's leftovers.
+    """
+    cleanup, guide_pending, after_refresh = guide_parts(target, guide_hostname)
     return (
         header(target, REPLACE_FILE_FUNCTION, ownership(target, "trust"))
         + trust_store_detection()
@@ -261,18 +265,7 @@ def trust_off_install_script(target: NodeTarget, guide_hostname: str | None = No
     """Keeps our CA out of the OS trust store (osTrustStore off): takes out what an `up` with it
     on put there. With ``guide_hostname`` (migrateFromGuide) the manual guide's key and
     certificate leave the store too."""
-    cleanup = guide_trust_cleanup(target, guide_hostname) if guide_hostname else ""
-    guide_pending = ' || [ -e "$guide_pending" ]' if guide_hostname else ""
-    announce_guide = (
-        """\
-  if [ -e "$guide_pending" ]; then
-    announce_removal registry.crt
-    rm -f "$guide_pending"
-  fi
-"""
-        if guide_hostname
-        else ""
-    )
+    cleanup, guide_pending, announce_guide = guide_parts(target, guide_hostname)
     return (
         header(target, REPLACE_FILE_FUNCTION, ownership(target, "trust"))
         + trust_store_detection(refuse_unknown_os=False)
