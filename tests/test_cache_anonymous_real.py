@@ -22,7 +22,7 @@ from harness import evaluate
 from pod import registry_pod
 from testbed.certs import self_signed_cert
 from testbed.oci import build_oci_layout, manifest_digest, skopeo_copy
-from testbed.registry import start_registry
+from testbed.registry import UPSTREAM_PORT, pointed_at_upstream, start_upstream
 
 CACHE_IP = "127.0.0.231"
 UPSTREAM_IP = "127.0.0.232"
@@ -35,7 +35,6 @@ CONFIG = {
 }
 ANONYMOUS, PROTECTED = "registry-cache-docker-io", "registry-cache-ghcr-io"
 IMAGE = "library/hello:1.0"
-CA_BUNDLE_DIR = "/testbed-upstream-ca"
 # What a pod's imagePullSecret holds: credentials for some registry, not for our caches.
 PULL_SECRET = "ci-bot:token-for-another-registry"
 
@@ -52,15 +51,11 @@ def upstream_ca():
 
 @pytest.fixture(scope="module")
 def upstream_digest(upstream_ca, tmp_path_factory):
-    running = start_registry(
-        tmp_path_factory.mktemp("upstream"), listen_ip=UPSTREAM_IP, port=5000,
-        env={"REGISTRY_HTTP_TLS_CERTIFICATE": "/certs/tls.crt", "REGISTRY_HTTP_TLS_KEY": "/certs/tls.key"},
-        volumes={"/certs": {"tls.crt": upstream_ca.cert_pem, "tls.key": upstream_ca.key_pem}, "/var/lib/registry": "pvc"},
-    )
+    running = start_upstream(tmp_path_factory.mktemp("upstream"), UPSTREAM_IP, upstream_ca)
     certs = tmp_path_factory.mktemp("upstream-certs")
     (certs / "ca.crt").write_bytes(upstream_ca.cert_pem)
     layout = build_oci_layout(tmp_path_factory.mktemp("image") / "hello", "1.0", b"public, through the cache\n")
-    pushed = skopeo_copy(f"oci:{layout}:1.0", f"docker://{UPSTREAM_IP}:5000/{IMAGE}",
+    pushed = skopeo_copy(f"oci:{layout}:1.0", f"docker://{UPSTREAM_IP}:{UPSTREAM_PORT}/{IMAGE}",
                          extra_args=["--dest-cert-dir", str(certs)])
     assert pushed.returncode == 0, pushed.stderr.decode() + running.log()
     yield manifest_digest(layout, "1.0")
@@ -75,13 +70,11 @@ def service_port(declared, cache: str) -> int:
 @pytest.fixture(scope="module")
 def caches(declared, upstream_digest, upstream_ca, tmp_path_factory):
     """Both caches, each from its declared Deployment; only the upstream's address and CA changed."""
-    overrides = {"REGISTRY_PROXY_REMOTEURL": f"https://{UPSTREAM_IP}:5000", "SSL_CERT_FILE": f"{CA_BUNDLE_DIR}/ca.crt"}
+    upstream = pointed_at_upstream(UPSTREAM_IP, upstream_ca.cert_pem)
     with registry_pod(declared, tmp_path_factory.mktemp("anonymous"), CACHE_IP, deployment=f"{ANONYMOUS}-deployment",
-                      env_overrides=overrides, port=service_port(declared, ANONYMOUS),
-                      extra_files={CA_BUNDLE_DIR: {"ca.crt": upstream_ca.cert_pem}}) as anonymous, \
+                      port=service_port(declared, ANONYMOUS), **upstream) as anonymous, \
          registry_pod(declared, tmp_path_factory.mktemp("protected"), CACHE_IP, deployment=f"{PROTECTED}-deployment",
-                      env_overrides=overrides, port=service_port(declared, PROTECTED),
-                      extra_files={CA_BUNDLE_DIR: {"ca.crt": upstream_ca.cert_pem}}) as protected:
+                      port=service_port(declared, PROTECTED), **upstream) as protected:
         yield {ANONYMOUS: anonymous, PROTECTED: protected}
 
 

@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ from harness import evaluate
 from pod import registry_pod, start_registry_pod
 from testbed.certs import self_signed_cert
 from testbed.oci import build_oci_layout, manifest_digest, skopeo_copy
-from testbed.registry import start_registry
+from testbed.registry import UPSTREAM_PORT, pointed_at_upstream, start_upstream
 from testbed.sshnodes import start_node
 from testbed.token_auth import TokenServer
 
@@ -46,7 +47,6 @@ CONFIG = {
 CACHE_DEPLOYMENT = "registry-cache-docker-io-deployment"
 CACHE_SERVICE = "registry-cache-docker-io-service"
 IMAGE = "library/hello:1.0"
-CA_BUNDLE_DIR = "/testbed-upstream-ca"
 
 
 @pytest.fixture(scope="module")
@@ -86,17 +86,8 @@ def token_server(upstream_ca, tmp_path_factory):
 @pytest.fixture(scope="module")
 def upstream(upstream_ca, token_server, tmp_path_factory):
     """The stand-in docker.io: TLS with its own CA, token auth like Docker Hub's."""
-    running = start_registry(
-        tmp_path_factory.mktemp("upstream"), listen_ip=UPSTREAM_IP, port=5000,
-        env={
-            "REGISTRY_HTTP_TLS_CERTIFICATE": "/certs/tls.crt", "REGISTRY_HTTP_TLS_KEY": "/certs/tls.key",
-            **token_server.registry_env("/certs/tls.crt"),
-        },
-        volumes={
-            "/certs": {"tls.crt": upstream_ca.cert_pem, "tls.key": upstream_ca.key_pem},
-            "/var/lib/registry": "pvc",
-        },
-    )
+    running = start_upstream(tmp_path_factory.mktemp("upstream"), UPSTREAM_IP, upstream_ca,
+                             env=token_server.registry_env("/certs/tls.crt"))
     yield running
     running.stop()
 
@@ -107,23 +98,23 @@ def upstream_digest(upstream, upstream_ca, tmp_path_factory):
     (directory / "ca.crt").write_bytes(upstream_ca.cert_pem)
     layout = build_oci_layout(tmp_path_factory.mktemp("image") / "hello", "1.0", b"hello through the cache\n")
     pushed = skopeo_copy(
-        f"oci:{layout}:1.0", f"docker://{UPSTREAM_IP}:5000/{IMAGE}",
+        f"oci:{layout}:1.0", f"docker://{UPSTREAM_IP}:{UPSTREAM_PORT}/{IMAGE}",
         extra_args=["--dest-cert-dir", str(directory), "--dest-creds", f"{UPSTREAM_USER}:{UPSTREAM_PASSWORD}"],
     )
     assert pushed.returncode == 0, pushed.stderr.decode() + upstream.log()
     return manifest_digest(layout, "1.0")
 
 
-def cache_overrides() -> dict[str, str]:
-    """The only changes to the declared environment: where the upstream is and its CA."""
-    return {"REGISTRY_PROXY_REMOTEURL": f"https://{UPSTREAM_IP}:5000", "SSL_CERT_FILE": f"{CA_BUNDLE_DIR}/ca.crt"}
+def cache_overrides(upstream_ca) -> dict[str, Any]:
+    """The only changes to the declared pod: where the upstream is and its CA."""
+    return pointed_at_upstream(UPSTREAM_IP, upstream_ca.cert_pem)
 
 
 @pytest.fixture(scope="module")
 def cache(declared, upstream_digest, upstream_ca, cache_port, tmp_path_factory):
     with registry_pod(
         declared, tmp_path_factory.mktemp("cache-pod"), CACHE_IP, deployment=CACHE_DEPLOYMENT,
-        env_overrides=cache_overrides(), port=cache_port, extra_files={CA_BUNDLE_DIR: {"ca.crt": upstream_ca.cert_pem}},
+        port=cache_port, **cache_overrides(upstream_ca),
     ) as running:
         yield running
 
@@ -164,18 +155,19 @@ def cache_get(path: str, declared, port: int, credentials=None) -> tuple[int, by
         return error.code, error.read()
 
 
-def test_the_upstream_credentials_reach_the_cache_only_through_the_secret(declared):
+def test_the_upstream_credentials_reach_the_cache_only_through_the_secret(declared, upstream_ca):
     env = declared.named(CACHE_DEPLOYMENT).inputs["spec"]["template"]["spec"]["containers"][0]["env"]
     by_name = {item["name"]: item for item in env}
     assert by_name["REGISTRY_PROXY_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "password"
     assert UPSTREAM_PASSWORD not in json.dumps(declared.named(CACHE_DEPLOYMENT).inputs)
-    assert set(cache_overrides()) & {item["name"] for item in env} == {"REGISTRY_PROXY_REMOTEURL"}
+    overridden = set(cache_overrides(upstream_ca)["env_overrides"])
+    assert overridden & {item["name"] for item in env} == {"REGISTRY_PROXY_REMOTEURL"}
 
 
 def test_the_upstream_refuses_anonymous_pulls(upstream, upstream_digest, upstream_ca, tmp_path):
     """Guards the pulls below: the cache gets the image only with the Secret's credentials."""
     (tmp_path / "ca.crt").write_bytes(upstream_ca.cert_pem)
-    inspected = skopeo_copy(f"docker://{UPSTREAM_IP}:5000/{IMAGE}", f"oci:{tmp_path / 'copy'}:1.0",
+    inspected = skopeo_copy(f"docker://{UPSTREAM_IP}:{UPSTREAM_PORT}/{IMAGE}", f"oci:{tmp_path / 'copy'}:1.0",
                             extra_args=["--src-cert-dir", str(tmp_path)])
     assert inspected.returncode != 0 and b"authentication required" in inspected.stderr, inspected.stderr
 
@@ -244,8 +236,8 @@ def test_expired_content_leaves_the_cache_and_is_pulled_again(
     workdir = tmp_path / "expiring-cache"
 
     def start():
-        return start_registry_pod(declared, workdir, ip, deployment=CACHE_DEPLOYMENT, env_overrides=cache_overrides(),
-                                  port=cache_port, extra_files={CA_BUNDLE_DIR: {"ca.crt": upstream_ca.cert_pem}})
+        return start_registry_pod(declared, workdir, ip, deployment=CACHE_DEPLOYMENT, port=cache_port,
+                                  **cache_overrides(upstream_ca))
 
     client = start_node("expiry-client", client_ip, tmp_path / "client",
                         hosts_content=f"127.0.0.1 localhost\n{ip} {HOSTNAME}\n".encode(),
@@ -317,8 +309,7 @@ def test_a_cache_started_while_the_upstream_is_down_exits(declared, upstream, up
     with pytest.raises(RuntimeError, match="process died before") as failure:
         start_registry_pod(
             declared, tmp_path / "cache-down", "127.0.0.224", deployment=CACHE_DEPLOYMENT,
-            env_overrides=cache_overrides(), port=cache_port, timeout=20,
-            extra_files={CA_BUNDLE_DIR: {"ca.crt": upstream_ca.cert_pem}},
+            port=cache_port, timeout=20, **cache_overrides(upstream_ca),
         )
     assert time.monotonic() - started < 10
     assert "panic" in str(failure.value) and "connection refused" in str(failure.value), str(failure.value)

@@ -31,7 +31,7 @@ from pulumi_real import toolchain_dir
 from testbed.certs import self_signed_cert
 from testbed.k3s_containerd import registry_auth_toml, write_hosts_dir
 from testbed.oci import build_oci_layout, manifest_digest, skopeo_copy
-from testbed.registry import start_registry
+from testbed.registry import UPSTREAM_PORT, pointed_at_upstream, start_upstream
 
 HOSTNAME = "registry.pull.test"
 REGISTRY_IP = "127.0.0.241"
@@ -49,7 +49,6 @@ CONFIG = {
 PRIVATE_IMAGE = f"{HOSTNAME}:5000/apps/hello:1.0"
 PUBLIC_PATH = "library/hello:1.0"
 PULL_SECRET = "ci-bot:token-for-another-registry"
-CA_BUNDLE_DIR = "/testbed-upstream-ca"
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +76,8 @@ def upstream_ca():
 def images(declared, upstream_ca, tmp_path_factory):
     """The registry and both caches, from their declared Deployments; an image in the registry
     and one in the stand-in upstream. Returns the digests by name."""
-    upstream = start_registry(
-        tmp_path_factory.mktemp("upstream"), listen_ip=UPSTREAM_IP, port=5000,
-        env={"REGISTRY_HTTP_TLS_CERTIFICATE": "/certs/tls.crt", "REGISTRY_HTTP_TLS_KEY": "/certs/tls.key"},
-        volumes={"/certs": {"tls.crt": upstream_ca.cert_pem, "tls.key": upstream_ca.key_pem}, "/var/lib/registry": "pvc"},
-    )
-    overrides = {"REGISTRY_PROXY_REMOTEURL": f"https://{UPSTREAM_IP}:5000", "SSL_CERT_FILE": f"{CA_BUNDLE_DIR}/ca.crt"}
+    upstream = start_upstream(tmp_path_factory.mktemp("upstream"), UPSTREAM_IP, upstream_ca)
+    pointed = pointed_at_upstream(UPSTREAM_IP, upstream_ca.cert_pem)
     certs = tmp_path_factory.mktemp("certs")
     (certs / "ca.crt").write_text(declared.outputs["caCertificatePem"])
     (certs / "upstream.crt").write_bytes(upstream_ca.cert_pem)
@@ -90,18 +85,16 @@ def images(declared, upstream_ca, tmp_path_factory):
         with registry_pod(declared, tmp_path_factory.mktemp("registry"), REGISTRY_IP,
                           deployment="registry-deployment") as registry, \
              registry_pod(declared, tmp_path_factory.mktemp("docker-io"), REGISTRY_IP,
-                          deployment="registry-cache-docker-io-deployment", env_overrides=overrides, port=5001,
-                          extra_files={CA_BUNDLE_DIR: {"ca.crt": upstream_ca.cert_pem}}), \
+                          deployment="registry-cache-docker-io-deployment", port=5001, **pointed), \
              registry_pod(declared, tmp_path_factory.mktemp("quay-io"), REGISTRY_IP,
-                          deployment="registry-cache-quay-io-deployment", env_overrides=overrides, port=5002,
-                          extra_files={CA_BUNDLE_DIR: {"ca.crt": upstream_ca.cert_pem}}):
+                          deployment="registry-cache-quay-io-deployment", port=5002, **pointed):
             private = build_oci_layout(tmp_path_factory.mktemp("private") / "hello", "1.0", b"built on a laptop\n")
             credentials = f"{declared.outputs['registryUsername']}:{declared.outputs['registryPassword']}"
             pushed = skopeo_copy(f"oci:{private}:1.0", f"docker://{REGISTRY_IP}:5000/apps/hello:1.0",
                                  extra_args=["--dest-cert-dir", str(certs), "--dest-creds", credentials])
             assert pushed.returncode == 0, pushed.stderr.decode() + registry.log()
             public = build_oci_layout(tmp_path_factory.mktemp("public") / "hello", "1.0", b"a public image\n")
-            pushed = skopeo_copy(f"oci:{public}:1.0", f"docker://{UPSTREAM_IP}:5000/{PUBLIC_PATH}",
+            pushed = skopeo_copy(f"oci:{public}:1.0", f"docker://{UPSTREAM_IP}:{UPSTREAM_PORT}/{PUBLIC_PATH}",
                                  extra_args=["--dest-cert-dir", str(certs)])
             assert pushed.returncode == 0, pushed.stderr.decode() + upstream.log()
             yield {"private": manifest_digest(private, "1.0"), "public": manifest_digest(public, "1.0")}

@@ -5,7 +5,6 @@ Each entry is checked key by key, and the list as a whole (no upstream, port, na
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,7 @@ from ..settings import (
     SecretText,
 )
 from .reader import Invalid, fail
-from .values import DNS_LABEL, check_dns_name, parse_int, parse_quantity
+from .values import DNS_LABEL, check_dns_name, is_ip_address, parse_int, parse_quantity
 
 _POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 # Host key types pulumi-command can verify with a signature OpenSSH still accepts. With an
@@ -218,11 +217,8 @@ def _parse_node(index: int, entry: Any) -> NodeSettings:
 
 
 def _is_address_or_dns_name(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
+    if is_ip_address(host):
         return True
-    except ValueError:
-        pass
     try:
         check_dns_name(host.rstrip("."), allow_wildcard=False)
         return True

@@ -8,7 +8,6 @@ before any resource is declared.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 from collections.abc import Mapping
 
 import pulumi
@@ -36,6 +35,7 @@ from ..settings import (
 from .entries import mirrors_parser, parse_nodes
 from .reader import PROJECT, ConfigError, Reader
 from .values import (
+    is_ip_address,
     parse_auth_username,
     parse_bool,
     parse_cidr,
@@ -171,11 +171,11 @@ def parse_settings(
         existing_claim=read.value("existingClaim", parse_claim_name, None, json_value=False),
         delete_enabled=read.value("deleteEnabled", parse_bool, True, json_value=False),
         mirrors=read.value("mirrors", mirrors_parser(port, image), (), json_value=True),
-        node_addresses=tuple(node.host for node in nodes if _is_ip(node.host)),
+        node_addresses=tuple(node.host for node in nodes if is_ip_address(node.host)),
         cluster_cidr=read.value("clusterCidr", parse_cidr, DEFAULT_CLUSTER_CIDR, json_value=False),
     )
     anonymous = [mirror.upstream for mirror in registry.mirrors if mirror.anonymous]
-    named = [node.name for node in nodes if not _is_ip(node.host)]
+    named = [node.name for node in nodes if not is_ip_address(node.host)]
     if anonymous and (named or not nodes):
         read.problem(
             "mirrors",
@@ -207,14 +207,6 @@ def parse_settings(
     if read.problems:
         raise ConfigError(read.problems)
     return StackSettings(registry=registry, node_access=node_access)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _unique(values: tuple[str, ...]) -> tuple[str, ...]:

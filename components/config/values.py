@@ -73,6 +73,14 @@ def parse_ip(_key: str, value: Any) -> str:
         return ""
 
 
+def is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_cidr(_key: str, value: Any) -> str:
     try:
         return str(ipaddress.ip_network(str(value).strip()))

@@ -35,9 +35,10 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ._proc import mount_ns_id, require_free_port, stop_namespace, wait_for_tcp
+from .certs import CertPair
 
 # The official image's /etc/docker/registry/config.yml (distribution-library-image 2.8).
 REGISTRY_IMAGE_DEFAULT_CONFIG = """\
@@ -369,3 +370,30 @@ def _fresh_dir(path: Path, mode: int) -> Path:
     path.mkdir(parents=True)
     path.chmod(mode)
     return path
+
+
+# ----------------------------------------------------------------------------- a stand-in upstream
+
+UPSTREAM_PORT = 5000
+UPSTREAM_CA_DIR = "/testbed-upstream-ca"
+"""Where a cache under test finds the stand-in upstream's CA (a read-only mount the test adds)."""
+
+
+def start_upstream(workdir: Path, ip: str, cert: CertPair, env: Mapping[str, str] | None = None) -> RunningRegistry:
+    """A stand-in upstream (docker.io, quay.io…) for the caches: a registry on ``ip`` serving TLS
+    with ``cert`` (its own self-signed certificate and key); ``env`` adds its auth, if any."""
+    return start_registry(
+        workdir, listen_ip=ip, port=UPSTREAM_PORT,
+        env={"REGISTRY_HTTP_TLS_CERTIFICATE": "/certs/tls.crt", "REGISTRY_HTTP_TLS_KEY": "/certs/tls.key", **(env or {})},
+        volumes={"/certs": {"tls.crt": cert.cert_pem, "tls.key": cert.key_pem}, "/var/lib/registry": "pvc"},
+    )
+
+
+def pointed_at_upstream(ip: str, ca_pem: bytes) -> dict[str, Any]:
+    """What a test changes in a cache's declared pod to use the stand-in upstream: its URL and a
+    CA bundle with its CA (``start_registry_pod``'s ``env_overrides`` and ``extra_files``)."""
+    return {
+        "env_overrides": {"REGISTRY_PROXY_REMOTEURL": f"https://{ip}:{UPSTREAM_PORT}",
+                          "SSL_CERT_FILE": f"{UPSTREAM_CA_DIR}/ca.crt"},
+        "extra_files": {UPSTREAM_CA_DIR: {"ca.crt": ca_pem}},
+    }
