@@ -46,7 +46,7 @@ CONFIG = {
     # docker.io through an anonymous cache, quay.io through a password-protected one.
     "mirrors": [{"upstream": "docker.io", "anonymous": True}, {"upstream": "quay.io"}],
 }
-PRIVATE_IMAGE = f"{HOSTNAME}:5000/apps/hello:1.0"
+PRIVATE_PATH = "apps/hello:1.0"
 PUBLIC_PATH = "library/hello:1.0"
 PULL_SECRET = "ci-bot:token-for-another-registry"
 
@@ -54,6 +54,21 @@ PULL_SECRET = "ci-bot:token-for-another-registry"
 @pytest.fixture(scope="module")
 def declared():
     return evaluate(CONFIG)
+
+
+def address(declared, upstream: str | None = None) -> str:
+    """``host:port`` of the registry, or of the cache of ``upstream``, as the program declared it."""
+    return declared.outputs["registryAddress"] if upstream is None else declared.outputs["mirrors"][upstream]
+
+
+def service_port(declared, name: str) -> int:
+    (port,) = declared.named(f"{name}-service").inputs["spec"]["ports"]
+    return port["port"]
+
+
+@pytest.fixture(scope="module")
+def private_image(declared):
+    return f"{address(declared)}/{PRIVATE_PATH}"
 
 
 @pytest.fixture(scope="module")
@@ -85,12 +100,15 @@ def images(declared, upstream_ca, tmp_path_factory):
         with registry_pod(declared, tmp_path_factory.mktemp("registry"), REGISTRY_IP,
                           deployment="registry-deployment") as registry, \
              registry_pod(declared, tmp_path_factory.mktemp("docker-io"), REGISTRY_IP,
-                          deployment="registry-cache-docker-io-deployment", port=5001, **pointed), \
+                          deployment="registry-cache-docker-io-deployment",
+                          port=service_port(declared, "registry-cache-docker-io"), **pointed), \
              registry_pod(declared, tmp_path_factory.mktemp("quay-io"), REGISTRY_IP,
-                          deployment="registry-cache-quay-io-deployment", port=5002, **pointed):
+                          deployment="registry-cache-quay-io-deployment",
+                          port=service_port(declared, "registry-cache-quay-io"), **pointed):
             private = build_oci_layout(tmp_path_factory.mktemp("private") / "hello", "1.0", b"built on a laptop\n")
             credentials = f"{declared.outputs['registryUsername']}:{declared.outputs['registryPassword']}"
-            pushed = skopeo_copy(f"oci:{private}:1.0", f"docker://{REGISTRY_IP}:5000/apps/hello:1.0",
+            destination = f"docker://{REGISTRY_IP}:{service_port(declared, 'registry')}/{PRIVATE_PATH}"
+            pushed = skopeo_copy(f"oci:{private}:1.0", destination,
                                  extra_args=["--dest-cert-dir", str(certs), "--dest-creds", credentials])
             assert pushed.returncode == 0, pushed.stderr.decode() + registry.log()
             public = build_oci_layout(tmp_path_factory.mktemp("public") / "hello", "1.0", b"a public image\n")
@@ -172,30 +190,31 @@ def containerd(node, images, tmp_path_factory):
     running.stop()
 
 
-def test_the_hosts_configuration_is_what_k3s_derives_from_the_file(containerd, node):
+def test_the_hosts_configuration_is_what_k3s_derives_from_the_file(containerd, node, declared):
     """Guards the pulls below: containerd got our CA for the registry and both caches, and
     credentials only where registries.yaml has them."""
     document = yaml.safe_load(node.read_file(REGISTRIES))
-    ca_file = document["configs"][f"{HOSTNAME}:5000"]["tls"]["ca_file"]
-    assert set(containerd.hosts) == {f"{HOSTNAME}:5000", f"{HOSTNAME}:5001", f"{HOSTNAME}:5002", "docker.io", "quay.io"}
-    assert f'[host."https://{HOSTNAME}:5001/v2"]' in containerd.hosts["docker.io"]
+    registry, docker_io, quay_io = address(declared), address(declared, "docker.io"), address(declared, "quay.io")
+    ca_file = document["configs"][registry]["tls"]["ca_file"]
+    assert set(containerd.hosts) == {registry, docker_io, quay_io, "docker.io", "quay.io"}
+    assert f'[host."https://{docker_io}/v2"]' in containerd.hosts["docker.io"]
     assert f'ca = ["{ca_file}"]' in containerd.hosts["docker.io"]
     assert 'server = "https://registry-1.docker.io/v2"' in containerd.hosts["docker.io"]
-    assert "auth" not in document["configs"][f"{HOSTNAME}:5001"] and "auth" in document["configs"][f"{HOSTNAME}:5002"]
+    assert "auth" not in document["configs"][docker_io] and "auth" in document["configs"][quay_io]
 
 
-def test_containerd_pulls_the_private_image_with_the_nodes_credentials_and_ca(containerd, images):
-    pulled = containerd.pull(PRIVATE_IMAGE)
+def test_containerd_pulls_the_private_image_with_the_nodes_credentials_and_ca(containerd, images, private_image):
+    pulled = containerd.pull(private_image)
     assert pulled.returncode == 0, pulled.stderr + containerd.log()
-    assert containerd.digest_of(PRIVATE_IMAGE) == images["private"]
-    containerd.forget(PRIVATE_IMAGE)
+    assert containerd.digest_of(private_image) == images["private"]
+    containerd.forget(private_image)
 
 
-def test_a_pull_secret_of_the_registrys_own_user_pulls_it_too(containerd, declared, images):
+def test_a_pull_secret_of_the_registrys_own_user_pulls_it_too(containerd, declared, images, private_image):
     secret = f"{declared.outputs['registryUsername']}:{declared.outputs['registryPassword']}"
-    pulled = containerd.pull(PRIVATE_IMAGE, secret)
+    pulled = containerd.pull(private_image, secret)
     assert pulled.returncode == 0, pulled.stderr + containerd.log()
-    containerd.forget(PRIVATE_IMAGE)
+    containerd.forget(private_image)
 
 
 @pytest.mark.parametrize("pull_secret", [None, PULL_SECRET], ids=["without-pull-secret", "with-pull-secret"])
@@ -207,7 +226,7 @@ def test_a_public_image_comes_through_the_anonymous_cache(containerd, images, pu
     containerd.forget(image)
 
 
-def test_the_password_protected_cache_serves_nodes_but_a_pull_secret_bypasses_it(containerd, images):
+def test_the_password_protected_cache_serves_nodes_but_a_pull_secret_bypasses_it(containerd, images, declared):
     """Why anonymous caches exist (k3s-io/k3s#8026): with the pod's secret, containerd sends it
     to the cache, which refuses it, and falls back to the upstream (here: no internet)."""
     image = f"quay.io/{PUBLIC_PATH}"
@@ -217,5 +236,5 @@ def test_the_password_protected_cache_serves_nodes_but_a_pull_secret_bypasses_it
     containerd.forget(image)
     bypassed = containerd.pull(image, PULL_SECRET)
     assert bypassed.returncode != 0, "the cache refused the pod's secret; only the upstream was left"
-    assert f"pulling from host {HOSTNAME}:5002 failed with status code [manifests 1.0]: 401" in bypassed.stderr, \
+    assert f"pulling from host {address(declared, 'quay.io')} failed with status code [manifests 1.0]: 401" in bypassed.stderr, \
         bypassed.stderr
