@@ -28,6 +28,10 @@ DEFAULT_SSH_USER = "root"
 # How long a restarted k3s may take to be active again (and, on a server, to answer on the API)
 # before the update stops with that node's name: a Raspberry Pi server needs a minute or two.
 DEFAULT_K3S_RESTART_TIMEOUT = 300
+# How long `up` waits for a Deployment to be ready and a Service to get its address: a pod that
+# never schedules (a nodeSelector no node matches) or a Service MetalLB never serves fails the
+# update within this, naming the object (pulumi-kubernetes waits 10 minutes otherwise).
+DEFAULT_ROLLOUT_TIMEOUT = 300
 
 # k3s's default --cluster-cidr: the pod network, where node traffic to a Service arrives from
 # once kube-proxy has masqueraded it (see components/cluster/network.py).
@@ -109,6 +113,8 @@ class RegistrySettings:
     """The configured nodes' IP addresses: with the pod network, all an anonymous cache admits."""
     cluster_cidr: str = DEFAULT_CLUSTER_CIDR
     """The pod network (k3s --cluster-cidr)."""
+    rollout_timeout_seconds: int = DEFAULT_ROLLOUT_TIMEOUT
+    """How long `up` waits for each Deployment to be ready and each Service to get its address."""
 
     def mirror_address(self, mirror: MirrorSettings) -> str:
         """A cache's address, as k3s's registries.yaml keys it (see reference_host)."""

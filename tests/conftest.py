@@ -29,15 +29,18 @@ def client_key(tmp_path_factory):
     return generate_client_key(tmp_path_factory.mktemp("client-key"))
 
 
-# The test bed's Kubernetes API (tests/testbed/apiserver.py), one for the whole session.
+# The test bed's Kubernetes cluster (tests/testbed/cluster.py), one for the whole session: a
+# real control plane, kwok's fake node, MetalLB's controller handing out 127.0.0.x addresses.
+# A stack that applies its objects there keeps to a namespace of its own.
 KUBE_API_IP = "127.0.0.70"
+LOAD_BALANCER_POOL = "127.0.0.0/24"
 
 
 @pytest.fixture(scope="session")
-def kube_api(tmp_path_factory):
+def kube_cluster(tmp_path_factory):
     from pulumi_real import toolchain_dir
-    from testbed.apiserver import start_apiserver
+    from testbed.cluster import start_cluster
 
-    running = start_apiserver(toolchain_dir(), tmp_path_factory.mktemp("kube-api"), KUBE_API_IP)
+    running = start_cluster(toolchain_dir(), tmp_path_factory.mktemp("kube-cluster"), KUBE_API_IP, LOAD_BALANCER_POOL)
     yield running
     running.stop()

@@ -56,6 +56,10 @@ class Resource:
     wire_inputs: dict[str, Any]
     dependencies: list[str]
     delete_before_replace: bool
+    custom_timeouts: dict[str, str] = field(default_factory=dict)
+    """The resource's customTimeouts (create, update, delete), as the engine gets them."""
+    hooks: dict[str, list[str]] = field(default_factory=dict)
+    """hook kind (``beforeUpdate``, ``onError``...) -> the names of the hooks bound to it."""
 
     @property
     def parent_name(self) -> str:
@@ -67,6 +71,13 @@ class Evaluation:
     resources: list[Resource] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     secret_outputs: set[str] = field(default_factory=set)
+    hooks: dict[str, Any] = field(default_factory=dict)
+    """name -> the ResourceHook or ErrorHook the program registered (its function is callable)."""
+
+    def hook(self, resource: Resource, kind: str) -> Any:
+        names = resource.hooks.get(kind, [])
+        assert len(names) == 1, f"{resource.name} has {len(names)} {kind} hooks: {names}"
+        return self.hooks[names[0]]
 
     def of_type(self, type_token: str) -> list[Resource]:
         return [r for r in self.resources if r.type == type_token]
@@ -375,6 +386,10 @@ def _evaluate(program, raw: dict[str, str], secret_keys, clock, stack: str, outp
         pulumi.runtime.set_all_config(raw, list(secret_keys))
         pulumi_settings.ROOT.set(None)
         pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+        # The engine's side of resource hooks is a callback server the mocks do not start; the
+        # hooks are recorded instead, so that tests can see where they are bound and call them.
+        recorder = HookRecorder()
+        pulumi_settings.SETTINGS.callbacks = recorder
         root = pulumi_settings.get_root_resource()
         try:
             program()
@@ -385,7 +400,7 @@ def _evaluate(program, raw: dict[str, str], secret_keys, clock, stack: str, outp
                 loop.run_until_complete(wait_for_rpcs())
             declared = [r.type for r in monitor.requests if r.type != "pulumi:pulumi:Stack"]
             raise ProgramFailed(str(error), declared) from error
-        evaluation = Evaluation()
+        evaluation = Evaluation(hooks=recorder.hooks)
         assert isinstance(root, Stack), root
         for name, value in root.outputs.items():
             resolved, secret = loop.run_until_complete(_settle(value))
@@ -406,11 +421,26 @@ def _evaluate(program, raw: dict[str, str], secret_keys, clock, stack: str, outp
                     wire_inputs=json_format.MessageToDict(request.object),
                     dependencies=list(request.dependencies),
                     delete_before_replace=request.deleteBeforeReplace,
+                    custom_timeouts=json_format.MessageToDict(request.customTimeouts),
+                    hooks={kind: list(names) for kind, names in json_format.MessageToDict(request.hooks).items()},
                 )
             )
         return evaluation
     finally:
         loop.close()
+
+
+class HookRecorder:
+    """Stands where the SDK's callback server would (runtime.settings.SETTINGS.callbacks)."""
+
+    def __init__(self) -> None:
+        self.hooks: dict[str, Any] = {}
+
+    def register_resource_hook(self, hook: Any) -> None:
+        self.hooks[hook.name] = hook
+
+    def register_error_hook(self, hook: Any) -> None:
+        self.hooks[hook.name] = hook
 
 
 class ProgramFailed(Exception):

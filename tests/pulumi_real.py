@@ -7,12 +7,15 @@ a copy of the project's own files (``Pulumi.yaml``, ``__main__.py``, ``component
 ``requirements.txt``) beside the project's ``venv``: the CLI writes the stack's settings file
 (``Pulumi.<stack>.yaml``) into the program's folder, which must not be the clone.
 
-The kubernetes provider talks to the test bed's real API server (``kubeconfig``, as KUBECONFIG). With
-``render_dir`` it renders the cluster's objects as YAML into that folder instead of applying
-them (provider config ``kubernetes:renderYamlToDirectory``, set on the test stack only); it
-still needs a reachable API server then: it reads the server's version and API groups when it
-starts, and without them every refresh fails ("unreachable cluster", provider.go Read).
-``rendered`` reads the rendered objects back in the shape tests/pod.py takes.
+The kubernetes provider talks to the test bed's cluster (tests/testbed/cluster.py). By default
+it applies the program's objects there, with the cluster's kubeconfig in the stack's settings
+(``kubernetes:kubeconfig``, a secret), as a stack per cluster has it; ``applied`` reads back
+what the API server holds. With ``render_dir`` it renders the objects as YAML into that folder
+instead (provider config ``kubernetes:renderYamlToDirectory``, set on the test stack only) and
+the kubeconfig is KUBECONFIG, as the provider refuses its ``kubeconfig`` setting together with
+render mode; it still needs a reachable API server then: it reads the server's version and API
+groups when it starts, and without them every refresh fails ("unreachable cluster", provider.go
+Read). ``rendered`` reads the rendered objects back in the shape tests/pod.py takes.
 """
 
 from __future__ import annotations
@@ -40,9 +43,10 @@ TOOLCHAIN_ENV = "K3S_REGISTRY_TOOLCHAIN"
 PROGRAM_FILES = ("Pulumi.yaml", "__main__.py", "requirements.txt")
 PROGRAM_PACKAGES = ("components",)
 PROVIDERS = ("command", "tls", "random", "kubernetes")
+# The test bed's cluster (tests/testbed/cluster.py).
+CLUSTER_FILES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kwok-stages.yaml",
+                 "metallb-controller", "metallb-crds.yaml")
 PASSPHRASE = "k3s-registry test passphrase"
-# What the kubernetes provider warns about in render mode: Secrets in plain text in the files.
-RENDER_MODE_WARNINGS = ("rendered YAML will contain a secret value in plaintext",)
 
 
 def pins() -> dict[str, str]:
@@ -66,7 +70,8 @@ def toolchain_dir() -> Path:
         assert built.returncode == 0, f"scripts/toolchain failed:\n{built.stderr[-4000:]}"
         toolchain = Path(built.stdout.strip().splitlines()[-1])
     missing = [name for name in ("pulumi", "pulumi-language-python", "pulumi-language-python-exec",
-                                 "pulumi-resource-pulumi-python", *(f"pulumi-resource-{p}" for p in PROVIDERS))
+                                 "pulumi-resource-pulumi-python", *(f"pulumi-resource-{p}" for p in PROVIDERS),
+                                 *CLUSTER_FILES)
                if not (toolchain / name).is_file()]
     assert not missing, f"the toolchain in {toolchain} lacks {missing}: run ./scripts/toolchain"
     assert (toolchain / "pins").read_text() == PINS_FILE.read_text(), \
@@ -129,10 +134,9 @@ class RealStack:
             "PULUMI_IGNORE_AMBIENT_PLUGINS": "true",
             "PULUMI_DIY_BACKEND_NO_LEGACY_WARNING": "true",
             "NO_COLOR": "1",
-            # Not the provider's `kubeconfig` setting: it refuses that together with
-            # renderYamlToDirectory, and reads KUBECONFIG as kubectl does.
-            "KUBECONFIG": str(kubeconfig),
         }
+        if render_dir is not None:
+            self.env["KUBECONFIG"] = str(kubeconfig)
         versions = pins()
         for provider in PROVIDERS:
             self.pulumi("plugin", "install", "resource", provider, versions[provider],
@@ -141,6 +145,8 @@ class RealStack:
         self.render_dir = render_dir
         if render_dir is not None:
             self.config_set("kubernetes:renderYamlToDirectory", str(render_dir))
+        else:
+            self.config_set("kubernetes:kubeconfig", kubeconfig.read_text(), secret=True)
 
     def use_program(self, source: Path) -> None:
         """The program the next command runs: the files of ``source`` (an upgrade swaps them)."""
@@ -220,6 +226,26 @@ class RealStack:
                 if doc:
                     resources.append(_rendered_resource(doc))
         return Evaluation(resources=resources)
+
+
+def applied(cluster: Any, namespace: str) -> Evaluation:
+    """What the API server holds in ``namespace`` (Deployments, Secrets, claims, Services), as
+    an Evaluation for tests/pod.py: the registry is started from the objects the cluster has."""
+    from kubernetes import client
+
+    api = cluster.client()
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    # A list's items carry no apiVersion and kind of their own (the list does).
+    listed: list[tuple[str, str, Any]] = [("apps/v1", "Deployment", apps.list_namespaced_deployment(namespace).items),
+              ("v1", "Secret", core.list_namespaced_secret(namespace).items),
+              ("v1", "PersistentVolumeClaim", core.list_namespaced_persistent_volume_claim(namespace).items),
+              ("v1", "Service", core.list_namespaced_service(namespace).items)]
+    resources = []
+    for api_version, kind, items in listed:
+        for item in items:
+            doc = {**api.sanitize_for_serialization(item), "apiVersion": api_version, "kind": kind}
+            resources.append(_rendered_resource(doc))
+    return Evaluation(resources=resources)
 
 
 def _rendered_resource(doc: dict[str, Any]) -> Resource:

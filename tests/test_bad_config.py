@@ -210,6 +210,9 @@ MISTAKES = [
     # k3sRestartTimeout
     Mistake("k3sRestartTimeout-with-unit", {"k3sRestartTimeout": "5m"}, "k3sRestartTimeout", ("must be a whole number",)),
     Mistake("k3sRestartTimeout-zero", {"k3sRestartTimeout": "0"}, "k3sRestartTimeout", ("0 is out of range",)),
+    # rolloutTimeout
+    Mistake("rolloutTimeout-with-unit", {"rolloutTimeout": "5m"}, "rolloutTimeout", ("must be a whole number",)),
+    Mistake("rolloutTimeout-too-short", {"rolloutTimeout": "5"}, "rolloutTimeout", ("5 is out of range",)),
     # image
     Mistake("image-upper-case", {"image": "Registry:2.8.3"}, "image", ("is not an image reference",)),
     Mistake("image-with-space-after-colon", {"image": "registry: 2.8.3"}, "image", ("is not an image reference",)),

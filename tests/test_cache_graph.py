@@ -226,8 +226,16 @@ def comparable(evaluation):
 def test_without_mirrors_nothing_changes(plain):
     baseline = comparable(plain)
     assert not [name for name in baseline if "cache" in name]
-    assert "allow-shared-ip" not in json.dumps(baseline)
     assert comparable(evaluate({**GUIDE_CONFIG, "mirrors": []})) == baseline
+
+
+def test_adding_or_removing_a_cache_leaves_the_registrys_service_as_it_is(plain, cached):
+    """Its MetalLB sharing key is there without caches too (see network.shared_ip_key)."""
+    def registry_service(evaluation):
+        return evaluation.named("registry-service").inputs
+
+    assert registry_service(plain) == registry_service(cached)
+    assert registry_service(plain)["metadata"]["annotations"][SHARED_IP] == "k3s-registry-docker-registry"
 
 
 @pytest.mark.parametrize(("ttl", "meaning"), [("720h", "expires after 30 days"), ("0s", "kept until deleted by hand")])

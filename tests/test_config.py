@@ -193,6 +193,7 @@ def test_project_file_declares_every_scalar_and_list_key_with_its_default():
         "image": settings.registry.image,
         "restartK3s": settings.node_access.restart_k3s,
         "k3sRestartTimeout": settings.node_access.restart_timeout_seconds,
+        "rolloutTimeout": settings.registry.rollout_timeout_seconds,
         "migrateFromGuide": settings.node_access.migrate_from_guide,
         "osTrustStore": settings.node_access.os_trust_store,
         "clusterCidr": settings.registry.cluster_cidr,

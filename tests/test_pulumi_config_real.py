@@ -25,9 +25,9 @@ SSH_KEY_TEXT = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-
 
 
 @pytest.fixture
-def new_stack(tmp_path, kube_api):
+def new_stack(tmp_path, kube_cluster):
     def make(name: str = "edge", stack_file: dict | None = None) -> RealStack:
-        stack = RealStack(tmp_path / name, name, kubeconfig=kube_api.kubeconfig_path, render_dir=tmp_path / "rendered")
+        stack = RealStack(tmp_path / name, name, kubeconfig=kube_cluster.kubeconfig_path, render_dir=tmp_path / "rendered")
         if stack_file is not None:
             # The repository's stack file as it is, plus what the test stack adds (kubeconfig,
             # rendering) and the passphrase salt `stack init` wrote.

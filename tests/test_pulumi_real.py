@@ -6,8 +6,10 @@ releases (tests/pulumi_real.py). The stack lives on a local file backend in a te
 folder; its settings are written with `pulumi config set` as a user would (the SSH key and a
 cache's password with --secret); its nodes are sshd test hosts: a server reached as root
 (systemd), a second server reached as `deploy` through sudo (OpenRC), and an agent that
-already has a registries.yaml of its own. The kubernetes provider renders the cluster's
-objects to a folder (no API server yet); the real registry is started from what it rendered.
+already has a registries.yaml of its own. The kubernetes provider applies the cluster's objects
+to the test bed's cluster (tests/testbed/cluster.py: a real control plane, a kwok node, MetalLB),
+and awaits them; after each step the test reads what the API server holds, and the real
+registry is started from the Deployment and Secrets it holds.
 
 One story, in order: preview, up, the nodes pull from the registry, no-change up and preview,
 a tamper seen by refresh and repaired by up, a renamed node, a CA rotation, a new registry IP,
@@ -19,25 +21,28 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import threading
+import time
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 from cryptography import x509
 
+from components.settings import DEFAULT_NAMESPACE
+
 from harness import NODE_SCRIPTS
 from nodebed import NodeSpec, file_times, free_addresses, running_nodes, units_for
 from pod import start_registry_pod
-from pulumi_real import PROVIDERS, RENDER_MODE_WARNINGS, RealStack, pins
-from test_manifest_scan import ALLOWED_SKIPS, checks, scan
-from test_manifests_schema import KUBERNETES_VERSIONS
+from pulumi_real import PROVIDERS, RealStack, applied, pins
+from testbed.cluster import DEFAULT_NODE
 from testbed.oci import build_oci_layout, skopeo_copy
 from testbed.sshnodes import DEFAULT_MANAGED_PATHS
 
 HOSTNAME = "registry.cube.test"
 REGISTRY_IP, MOVED_IP = "127.0.0.65", "127.0.0.66"
 ADDRESS = f"{HOSTNAME}:5000"
+NAMESPACE = DEFAULT_NAMESPACE  # the story's stack is the only one in the test cluster's namespace
 STACK = "realtest"
 MARKER = f"# managed by k3s-registry (k3s-registry-{STACK})"
 REGISTRIES_YAML = "/etc/rancher/k3s/registries.yaml"
@@ -117,9 +122,9 @@ def java_before(managed, before):
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, client_key, cluster, addresses, before, java_before, kube_api):
+def stack(tmp_path_factory, client_key, cluster, addresses, before, java_before, kube_cluster):
     root = tmp_path_factory.mktemp("real-stack")
-    real = RealStack(root, STACK, kubeconfig=kube_api.kubeconfig_path, render_dir=root / "rendered")
+    real = RealStack(root, STACK, kubeconfig=kube_cluster.kubeconfig_path)
     real.config_set("hostname", HOSTNAME)
     real.config_set("loadBalancerIp", REGISTRY_IP)
     real.config_set("sshPrivateKey", client_key.private_key_text, secret=True)
@@ -135,16 +140,17 @@ def stack(tmp_path_factory, client_key, cluster, addresses, before, java_before,
 
 
 class Registry:
-    """The real registry, started from the Deployment and Secrets the provider rendered; started
+    """The real registry, started from the Deployment and Secrets the API server holds; started
     again after an `up` that changed them (a new CA, a new address)."""
 
-    def __init__(self, stack, workdir):
-        self.stack, self.workdir, self.running, self.count = stack, workdir, None, 0
+    def __init__(self, stack, cluster, workdir):
+        self.stack, self.cluster, self.workdir, self.running, self.count = stack, cluster, workdir, None, 0
 
     def serve(self, ip):
         self.stop()
         self.count += 1
-        self.running = start_registry_pod(self.stack.rendered(), self.workdir / f"pod-{self.count}", ip)
+        objects = applied(self.cluster, self.stack.outputs()["namespace"])
+        self.running = start_registry_pod(objects, self.workdir / f"pod-{self.count}", ip)
         return self.running
 
     def stop(self):
@@ -154,13 +160,30 @@ class Registry:
 
 
 @pytest.fixture(scope="module")
-def registry(stack, tmp_path_factory):
-    serving = Registry(stack, tmp_path_factory.mktemp("registry"))
+def registry(stack, kube_cluster, tmp_path_factory):
+    serving = Registry(stack, kube_cluster, tmp_path_factory.mktemp("registry"))
     yield serving
     serving.stop()
 
 
 # ------------------------------------------------------------------ what the tests look at
+
+CACHE = "registry-cache-quay-io"
+
+
+def cluster_names(kube_cluster) -> dict[str, list[str]]:
+    """kind -> the names of the objects of that kind the API server holds in the namespace."""
+    held: dict[str, list[str]] = {}
+    for resource in applied(kube_cluster, NAMESPACE).resources:
+        held.setdefault(resource.inputs["kind"], []).append(resource.name)
+    return held
+
+
+def service_addresses(kube_cluster, name) -> list[str]:
+    from kubernetes import client
+
+    service: Any = client.CoreV1Api(kube_cluster.client()).read_namespaced_service(name, NAMESPACE)
+    return [ingress.ip for ingress in service.status.load_balancer.ingress or []]
 
 def k3s_credentials(node):
     auth = yaml.safe_load(node.read_file(REGISTRIES_YAML))["configs"][ADDRESS]["auth"]
@@ -253,28 +276,114 @@ def test_preview_shows_every_create_and_touches_no_node(first_preview, managed, 
 def test_no_plugin_warning_and_no_download(first_preview):
     diagnostics = json.loads(first_preview.stdout).get("diagnostics", [])
     warnings = [d["message"] for d in diagnostics if d["severity"] == "warning"]
-    # The only warnings are the kubernetes provider's, about the rendering it was asked for.
-    assert all(any(expected in message for expected in RENDER_MODE_WARNINGS) for message in warnings), warnings
+    assert warnings == []
     said = "\n".join(d["message"] for d in diagnostics) + first_preview.stderr
     assert not re.search(r"(?i)download|plugin", said), said
 
 
+class ReadinessWatch:
+    """When the API server first showed the registry's Deployment ready (its current template's
+    pod available) and its Service with an address: the wall clock the test hosts' init tools
+    write their timeline with."""
+
+    def __init__(self, cluster, namespace, name="registry"):
+        from kubernetes import client
+
+        api = cluster.client()
+        self._apps: Any = client.AppsV1Api(api)
+        self._core: Any = client.CoreV1Api(api)
+        self.namespace, self.name = namespace, name
+        self.deployment_ready: float | None = None
+        self.service_addressed: float | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        from kubernetes.client.exceptions import ApiException
+
+        while not self._stopped.wait(0.05):
+            now = time.time()
+            try:
+                deployment = self._apps.read_namespaced_deployment(self.name, self.namespace)
+                service = self._core.read_namespaced_service(self.name, self.namespace)
+            except ApiException:
+                continue  # not created yet
+            status = deployment.status
+            if (self.deployment_ready is None and status.observed_generation == deployment.metadata.generation
+                    and status.updated_replicas == 1 and status.available_replicas == 1):
+                self.deployment_ready = now
+            if self.service_addressed is None and (service.status.load_balancer.ingress or []):
+                self.service_addressed = now
+
+    def stop(self):
+        self._stopped.set()
+        self._thread.join(timeout=10)
+
+
 @pytest.fixture(scope="module")
-def first_up(first_preview, stack, managed):
+def first_up(first_preview, stack, managed, kube_cluster):
     clear_restart_logs(managed)
     # Restarts that take a while, so that two servers down at once would show on the timeline.
     for node in managed:
         node.set_restart_seconds(1.0)
+    watch = ReadinessWatch(kube_cluster, NAMESPACE)
     try:
-        return stack.up().check()
+        run = stack.up().check()
     finally:
+        watch.stop()
         for node in managed:
             node.set_restart_seconds(0)
+    run.readiness = watch
+    return run
 
 
-def test_the_serving_certificates_expiry_is_a_stack_output(first_up, stack):
+def test_k3s_restarts_only_once_the_cluster_shows_the_registry_ready_and_addressed(first_up, cluster):
+    """On the real timeline: every k3s restart began after the API server showed the registry's
+    pod available and its Service with its address (the restart steps depend on both)."""
+    watch = first_up.readiness
+    assert watch.deployment_ready is not None and watch.service_addressed is not None, "never seen ready"
+    ready = max(watch.deployment_ready, watch.service_addressed)
+    for name in NODES:
+        downs = [at for at, _unit, event in cluster[name].timeline() if event == "down"]
+        assert downs, name
+        # The watch polls every 0.05 s: it saw readiness at most that late.
+        assert min(downs) >= ready - 0.1, (name, downs, ready)
+
+
+def test_the_cluster_holds_every_object_under_restricted_pod_security(first_up, stack, kube_cluster):
+    from kubernetes import client
+
+    api = kube_cluster.client()
+    core: Any = client.CoreV1Api(api)
+    apps: Any = client.AppsV1Api(api)
+    networking: Any = client.NetworkingV1Api(api)
+    namespace = core.read_namespace(NAMESPACE)
+    assert namespace.metadata.labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    (pod,) = core.list_namespaced_pod(NAMESPACE).items
+    assert pod.spec.node_name == DEFAULT_NODE
+    assert {c.type: c.status for c in pod.status.conditions}["Ready"] == "True"
+    claim = core.read_namespaced_persistent_volume_claim("registry-data", NAMESPACE)
+    assert claim.status.phase == "Bound" and claim.status.capacity == {"storage": "15Gi"}
+    deployment = apps.read_namespaced_deployment("registry", NAMESPACE)
+    assert deployment.status.available_replicas == 1
+    service = core.read_namespaced_service("registry", NAMESPACE)
+    assert [ingress.ip for ingress in service.status.load_balancer.ingress] == [REGISTRY_IP]
+    secrets = {secret.type for secret in core.list_namespaced_secret(NAMESPACE).items}
+    assert secrets == {"kubernetes.io/tls", "Opaque"}
+    (policy,) = networking.list_namespaced_network_policy(NAMESPACE).items
+    assert policy.spec.pod_selector.match_labels == deployment.spec.selector.match_labels
+    # The restricted level is enforced, not only labelled: a root pod is refused.
+    with pytest.raises(client.exceptions.ApiException) as refused:
+        core.create_namespaced_pod(NAMESPACE, {"metadata": {"name": "root"}, "spec": {
+            "containers": [{"name": "c", "image": "busybox", "securityContext": {"runAsUser": 0}}]}})
+    assert refused.value.status == 403
+    assert 'violates PodSecurity "restricted:latest"' in json.loads(refused.value.body or "{}")["message"]
+
+
+def test_the_serving_certificates_expiry_is_a_stack_output(first_up, stack, kube_cluster):
     """servingCertificateExpires is the notAfter of the certificate the registry serves."""
-    (tls_secret,) = [r for r in stack.rendered().of_type("kubernetes:core/v1:Secret")
+    (tls_secret,) = [r for r in applied(kube_cluster, NAMESPACE).of_type("kubernetes:core/v1:Secret")
                      if r.inputs.get("type") == "kubernetes.io/tls"]
     served = x509.load_pem_x509_certificate(tls_secret.inputs["stringData"]["tls.crt"].encode())
     expires = dt.datetime.fromisoformat(stack.outputs()["servingCertificateExpires"])
@@ -324,22 +433,6 @@ def test_the_engine_orders_each_restart_after_the_registry_and_the_servers_one_a
     assert "nodes-server01-restart" in needs("nodes-server02-restart")
     assert not {"nodes-server01-restart", "nodes-server02-restart"} & needs("nodes-agent01-restart"), \
         "agents restart without waiting for the servers"
-
-
-def test_what_the_provider_rendered_passes_the_schemas_in_strict_mode(first_up, stack):
-    rendered = stack.rendered().resources
-    assert sorted(r.inputs["kind"] for r in rendered) == sorted(
-        ["Namespace", "Secret", "Secret", "PersistentVolumeClaim", "Deployment", "Service", "NetworkPolicy"])
-    for resource in rendered:
-        for version in KUBERNETES_VERSIONS:
-            kubernetes_validate.validate(resource.inputs, version, strict=True)
-
-
-def test_what_the_provider_rendered_passes_checkov(first_up, stack):
-    report = scan(stack.render_dir)
-    assert checks(report, "passed", stack.render_dir), "checkov ran no check on the rendered files"
-    assert [c["check_id"] for c in checks(report, "failed", stack.render_dir)] == []
-    assert {c["check_id"] for c in checks(report, "skipped", stack.render_dir)} <= ALLOWED_SKIPS
 
 
 @pytest.fixture(scope="module")
@@ -503,8 +596,9 @@ def moved(rotated, stack, registry, managed):
     return run, anchors_before
 
 
-def test_a_new_registry_ip_converges_in_one_up(moved, stack, managed, before):
+def test_a_new_registry_ip_converges_in_one_up(moved, stack, managed, before, kube_cluster):
     _, anchors_before = moved
+    assert service_addresses(kube_cluster, "registry") == [MOVED_IP], "MetalLB gave the Service the new address"
     for node in managed:
         assert restarts(node) == [], "registries.yaml did not change, so k3s keeps running"
         assert anchors(node) == anchors_before[node.name], "the CA names the host, not the IP: nothing to re-trust"
@@ -540,8 +634,12 @@ def cache_added(auth_off, stack):
     return stack.up().check()
 
 
-def test_a_cache_with_a_secret_password_converges_in_one_up(cache_added, stack, managed):
+def test_a_cache_with_a_secret_password_converges_in_one_up(cache_added, stack, managed, kube_cluster):
     assert "quay-token-0123" not in stack.stack_file(), "the password is stored encrypted"
+    # Its own Deployment (available), claim (bound) and Service, which shares the registry's
+    # address (MetalLB's allow-shared-ip: both Services carry the same key).
+    assert sorted(cluster_names(kube_cluster)["Deployment"]) == ["registry", CACHE]
+    assert service_addresses(kube_cluster, CACHE) == service_addresses(kube_cluster, "registry") == [MOVED_IP]
     cache_address = stack.outputs()["mirrors"]["quay.io"]
     for node in managed:
         document = yaml.safe_load(node.read_file(REGISTRIES_YAML))
@@ -566,7 +664,9 @@ def cache_removed(cache_added, stack):
     return stack.up().check()
 
 
-def test_a_removed_cache_leaves_nothing_on_the_nodes(cache_removed, stack, managed, cluster):
+def test_a_removed_cache_leaves_nothing_on_the_nodes(cache_removed, stack, managed, cluster, kube_cluster):
+    held = cluster_names(kube_cluster)
+    assert not [name for names in held.values() for name in names if name.startswith(CACHE)], held
     for node in managed:
         document = yaml.safe_load(node.read_file(REGISTRIES_YAML))
         assert "quay.io" not in document["mirrors"], node.name
@@ -635,3 +735,15 @@ def test_after_destroy_nodes_no_longer_trust_the_registry(destroyed, managed):
 
 def test_destroy_leaves_an_empty_stack(destroyed, stack):
     assert [r["type"] for r in stack.resources()] == []
+
+
+def test_destroy_removes_the_namespace_and_the_volume_with_it(destroyed, kube_cluster):
+    from kubernetes import client
+
+    core: Any = client.CoreV1Api(kube_cluster.client())
+    assert NAMESPACE not in [n.metadata.name for n in core.list_namespace().items]
+    # The claim went with it, and its volume (reclaim policy Delete) after it.
+    deadline = time.monotonic() + 30
+    while [v for v in core.list_persistent_volume().items if v.spec.claim_ref.namespace == NAMESPACE]:
+        assert time.monotonic() < deadline, "the registry's volume outlived its claim"
+        time.sleep(0.5)

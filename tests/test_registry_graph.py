@@ -222,7 +222,8 @@ def test_service_selects_the_pods_and_asks_metallb_for_the_ip(guide):
     assert service["spec"]["selector"] == template_labels
     assert guide.one(DEPLOYMENT).inputs["spec"]["selector"]["matchLabels"] == template_labels
     assert service["spec"]["type"] == "LoadBalancer"
-    assert service["metadata"]["annotations"] == {"metallb.universe.tf/loadBalancerIPs": "192.168.0.202"}
+    assert service["metadata"]["annotations"] == {"metallb.universe.tf/loadBalancerIPs": "192.168.0.202",
+                                                  "metallb.universe.tf/allow-shared-ip": "k3s-registry-docker-registry"}
     assert "loadBalancerIP" not in service["spec"]
 
 
@@ -283,3 +284,58 @@ def test_same_config_declares_identical_inputs_twice():
     assert {r.urn: r.inputs for r in first.resources} == {r.urn: r.inputs for r in second.resources}
     assert len(first.resources) == len(second.resources)
     assert first.outputs == second.outputs
+
+
+def test_each_deployment_and_service_is_awaited_for_rollout_timeout_and_the_deployment_on_its_own_status():
+    from components.cluster.rollout import DEPLOYMENT_READY, WAIT_FOR_ANNOTATION
+
+    evaluation = evaluate({**GUIDE_CONFIG, "rolloutTimeout": "45",
+                           "mirrors": [{"upstream": "docker.io", "url": "https://registry-1.docker.io"}]})
+    awaited = [*evaluation.of_type("kubernetes:apps/v1:Deployment"), *evaluation.of_type("kubernetes:core/v1:Service")]
+    assert len(awaited) == 4
+    for resource in awaited:
+        assert resource.custom_timeouts == {"create": "45s", "update": "45s"}, resource.name
+    for deployment in evaluation.of_type("kubernetes:apps/v1:Deployment"):
+        assert deployment.inputs["metadata"]["annotations"][WAIT_FOR_ANNOTATION] == DEPLOYMENT_READY
+        assert deployment.inputs["spec"]["replicas"] == 1  # what DEPLOYMENT_READY counts
+
+
+def _bound(claim):
+    """The claim as the cluster holds it once bound: the capacity of its volume."""
+    size = claim.inputs["spec"]["resources"]["requests"]["storage"]
+    return {**claim.outputs, "status": {"phase": "Bound", "capacity": {"storage": size}}}
+
+
+def _claims(config):
+    return {claim.name: claim for claim in evaluate(config).of_type("kubernetes:core/v1:PersistentVolumeClaim")}
+
+
+@pytest.mark.parametrize(("claim_name", "setting", "config_of"), [
+    ("registry-data", "storageSize", lambda size: {"storageSize": size}),
+    ("registry-cache-docker-io-data", "mirrors[0].storageSize",
+     lambda size: {"mirrors": [{"upstream": "docker.io", "url": "https://registry-1.docker.io", "storageSize": size}]}),
+])
+def test_a_smaller_size_stops_before_the_api_naming_the_setting_and_the_size_the_claim_holds(claim_name, setting, config_of):
+    import pulumi
+
+    mirror = {"mirrors": [{"upstream": "docker.io", "url": "https://registry-1.docker.io"}]}
+    before = evaluate({**GUIDE_CONFIG, **mirror, **config_of("20Gi")})
+    claim = before.named(claim_name)
+    hook = before.hook(claim, "beforeUpdate")
+    assert hook.opts.on_dry_run, "the check must run in preview too"
+
+    def update_to(size):
+        new = _claims({**GUIDE_CONFIG, **mirror, **config_of(size)})[claim_name]
+        return hook(pulumi.ResourceHookArgs(urn=claim.urn, id=claim_name, name=claim_name, type=claim.type,
+                                            new_inputs=new.inputs, old_inputs=claim.inputs, old_outputs=_bound(claim)))
+
+    with pytest.raises(ValueError) as refused:
+        update_to("19Gi")
+    namespace = claim.inputs["metadata"]["namespace"]
+    assert str(refused.value).startswith(
+        f"{setting} is 19Gi, but the claim {namespace}/{claim.inputs['metadata']['name']} holds 20Gi, "
+        "and Kubernetes never shrinks a claim. Set " + setting + " back to 20Gi")
+    # The same size written otherwise, and a larger one, go on to the cluster.
+    assert update_to("20480Mi") is None
+    assert update_to("21474836480") is None
+    assert update_to("25Gi") is None

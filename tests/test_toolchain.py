@@ -88,7 +88,8 @@ def test_scripts_toolchain_refuses_an_edited_vendored_file(tmp_path):
 def test_each_wrapper_module_requires_the_pinned_release():
     """A pin names the release its Go wrapper module builds: the go.mod must require exactly it.
     (The kubernetes provider's module is required at the pseudo-version of its release tag.)"""
-    modules = {"kube-apiserver": "k8s.io/kubernetes", "etcd": "go.etcd.io/etcd/server/v3",
+    modules = {"kube-control-plane": "k8s.io/kubernetes", "etcd": "go.etcd.io/etcd/server/v3",
+               "kwok": "sigs.k8s.io/kwok", "metallb": "go.universe.tf/metallb",
                "wharfie": "github.com/rancher/wharfie", "crictl": "sigs.k8s.io/cri-tools"}
     for name, module in modules.items():
         go_mod = (PROJECT_DIR / "toolchain" / name / "go.mod").read_text()

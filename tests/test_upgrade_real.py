@@ -76,9 +76,9 @@ def configure(stack, cluster, client_key):
                                 "agent"} for name, node in cluster.items()])
 
 
-def test_an_upgrade_from_the_previous_release_keeps_every_node_configured(cluster, client_key, kube_api, tmp_path):
+def test_an_upgrade_from_the_previous_release_keeps_every_node_configured(cluster, client_key, kube_cluster, tmp_path):
     before = {name: snapshot(node) for name, node in cluster.items()}
-    stack = RealStack(tmp_path / "stack", STACK, kubeconfig=kube_api.kubeconfig_path,
+    stack = RealStack(tmp_path / "stack", STACK, kubeconfig=kube_cluster.kubeconfig_path,
                       render_dir=tmp_path / "rendered", source=previous_release_tree(tmp_path))
     configure(stack, cluster, client_key)
     stack.up().check()
@@ -113,13 +113,13 @@ def test_an_upgrade_from_the_previous_release_keeps_every_node_configured(cluste
         assert snapshot(node) == before[name], name
 
 
-def test_a_stack_made_before_the_layout_change_sees_no_changes(cluster, client_key, kube_api, tmp_path):
+def test_a_stack_made_before_the_layout_change_sees_no_changes(cluster, client_key, kube_cluster, tmp_path):
     """The modules moved (components/cluster/, components/node/) in one commit that changed no
     resource, URN, input or node script: a stack made by the flat layout previews and updates
     with that commit's program with no change. Its refresh loads the NodeScripts provider
     pickled under the old module name (components/drift.py keeps it, in this clone too)."""
     before = {name: snapshot(node) for name, node in cluster.items()}
-    stack = RealStack(tmp_path / "stack", STACK, kubeconfig=kube_api.kubeconfig_path,
+    stack = RealStack(tmp_path / "stack", STACK, kubeconfig=kube_cluster.kubeconfig_path,
                       render_dir=tmp_path / "rendered", source=previous_release_tree(tmp_path, FLAT_LAYOUT))
     configure(stack, cluster, client_key)
     stack.config_set("mirrors", [{"upstream": "docker.io"}, {"upstream": "quay.io", "port": 5090}])

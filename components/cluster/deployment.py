@@ -29,6 +29,7 @@ from .naming import (
     pod_labels,
     scanner_exceptions,
 )
+from .rollout import DEPLOYMENT_READY, WAIT_FOR_ANNOTATION, rollout_timeouts
 
 STORAGE_DELETE = k8s.core.v1.EnvVarArgs(name="REGISTRY_STORAGE_DELETE_ENABLED", value="true")
 
@@ -197,7 +198,10 @@ def create_deployment(
         f"{name}-deployment",
         metadata=k8s.meta.v1.ObjectMetaArgs(
             name=name, namespace=namespace, labels=object_labels(name, component),
-            annotations=scanner_exceptions(settings, extra_scanner_exceptions),
+            annotations={
+                **scanner_exceptions(settings, extra_scanner_exceptions),
+                WAIT_FOR_ANNOTATION: DEPLOYMENT_READY,
+            },
         ),
         spec=k8s.apps.v1.DeploymentSpecArgs(
             replicas=1,
@@ -214,7 +218,7 @@ def create_deployment(
                 spec=pod_spec,
             ),
         ),
-        opts=pulumi.ResourceOptions(parent=parent),
+        opts=pulumi.ResourceOptions(parent=parent, custom_timeouts=rollout_timeouts(settings)),
     )
 
 

@@ -20,6 +20,7 @@ from .naming import (
     pod_labels,
     upstream_port,
 )
+from .rollout import rollout_timeouts
 
 
 def cache_egress(mirror: MirrorSettings) -> list[k8s.networking.v1.NetworkPolicyEgressRuleArgs]:
@@ -96,9 +97,15 @@ def create_network_policy(
     )
 
 
-def shared_ip_key(settings: RegistrySettings) -> str | None:
-    """MetalLB's sharing key for the registry's IP, when caches share it (else no annotation)."""
-    return f"k3s-registry-{settings.namespace}" if settings.mirrors else None
+def shared_ip_key(settings: RegistrySettings) -> str:
+    """MetalLB's sharing key for the registry's IP, which its caches' Services share.
+
+    On the registry's Service with or without caches: were it there only with caches, the
+    `up` that removes the last one would update the registry's Service first (deletes come
+    last), and MetalLB, seeing the IP still held by a cache's Service without a shared key,
+    takes the address off the registry's Service; the update then waits for an address that
+    comes back only after the delete (seen with MetalLB's controller, tests/test_pulumi_real.py)."""
+    return f"k3s-registry-{settings.namespace}"
 
 
 def create_service(
@@ -118,10 +125,8 @@ def create_service(
     port would take any client past that check."""
     # The IP is requested through MetalLB's annotation: spec.loadBalancerIP is deprecated and
     # MetalLB rejects a Service that sets both.
-    annotations = {METALLB_IP_ANNOTATION: settings.load_balancer_ip}
-    key = shared_ip_key(settings)
-    if key is not None:
-        annotations[METALLB_SHARED_IP_ANNOTATION] = key
+    annotations = {METALLB_IP_ANNOTATION: settings.load_balancer_ip,
+                   METALLB_SHARED_IP_ANNOTATION: shared_ip_key(settings)}
     return k8s.core.v1.Service(
         f"{name}-service",
         metadata=k8s.meta.v1.ObjectMetaArgs(
@@ -142,5 +147,5 @@ def create_service(
                 )
             ],
         ),
-        opts=pulumi.ResourceOptions(parent=parent),
+        opts=pulumi.ResourceOptions(parent=parent, custom_timeouts=rollout_timeouts(settings)),
     )

@@ -12,6 +12,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from ..settings import MirrorSettings, RegistrySettings
+from . import claim_size
 from .naming import (
     CACHE_COMPONENT,
     HTPASSWD_FILE,
@@ -109,8 +110,10 @@ def create_storage_claim(
     parent: pulumi.Resource,
     storage_size: str | None = None,
     component: str | None = None,
+    size_setting: str = "storageSize",
 ) -> k8s.core.v1.PersistentVolumeClaim:
-    """``storage_size`` (a cache's) overrides the registry's."""
+    """``storage_size`` (a cache's) overrides the registry's; ``size_setting`` is the config key
+    it comes from, which claim_size's hooks name when the cluster cannot resize the claim."""
     return k8s.core.v1.PersistentVolumeClaim(
         f"{name}-data",
         metadata=k8s.meta.v1.ObjectMetaArgs(
@@ -123,7 +126,7 @@ def create_storage_claim(
                 requests={"storage": storage_size or settings.storage_size}
             ),
         ),
-        opts=pulumi.ResourceOptions(parent=parent),
+        opts=pulumi.ResourceOptions(parent=parent, hooks=claim_size.size_hooks(f"{name}-data", size_setting)),
     )
 
 

@@ -97,9 +97,9 @@ class Registry(pulumi.ComponentResource):
         # API away while pulumi-kubernetes creates and awaits them.
         self.workloads: list[pulumi.Resource] = [self.deployment, self.service]
         network.create_network_policy(name, namespace_name, parent=self)
-        for mirror in settings.mirrors:
+        for index, mirror in enumerate(settings.mirrors):
             self.workloads += self._create_cache(
-                name, settings, mirror, namespace_name, tls_secret.metadata.name,
+                name, settings, mirror, f"mirrors[{index}]", namespace_name, tls_secret.metadata.name,
                 certificates.certificate_pem, htpasswd_secret_name,
             )
 
@@ -129,6 +129,7 @@ class Registry(pulumi.ComponentResource):
         name: str,
         settings: RegistrySettings,
         mirror: MirrorSettings,
+        mirror_key: str,
         namespace: pulumi.Input[str],
         tls_secret_name: pulumi.Input[str],
         certificate_pem: pulumi.Input[str],
@@ -137,14 +138,15 @@ class Registry(pulumi.ComponentResource):
         """A pull-through cache of one upstream (distribution's proxy mode takes one each): the
         registry's Deployment with its own name, volume and proxy settings, the same TLS and
         htpasswd Secrets (an anonymous cache: no htpasswd), on its own port of the registry's IP.
-        Returns its workloads."""
+        ``mirror_key`` is its entry's config key (``mirrors[0]``). Returns its workloads."""
         cache = naming.cache_name(name, mirror)
         component = naming.CACHE_COMPONENT
         upstream_secret_name = None
         if mirror.username is not None:
             upstream_secret_name = objects.create_upstream_secret(cache, mirror, namespace, parent=self).metadata.name
         claim = objects.create_storage_claim(
-            cache, settings, namespace, parent=self, storage_size=mirror.storage_size, component=component
+            cache, settings, namespace, parent=self, storage_size=mirror.storage_size, component=component,
+            size_setting=f"{mirror_key}.storageSize",
         )
         cache_deployment = deployment.create_deployment(
             cache,

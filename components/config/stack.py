@@ -24,6 +24,7 @@ from ..settings import (
     DEFAULT_KEY_ALGORITHM,
     DEFAULT_NAMESPACE,
     DEFAULT_PORT,
+    DEFAULT_ROLLOUT_TIMEOUT,
     DEFAULT_STORAGE_SIZE,
     AuthSettings,
     CertificateSettings,
@@ -74,6 +75,7 @@ KNOWN_KEYS = (
     "sshPrivateKey",
     "restartK3s",
     "k3sRestartTimeout",
+    "rolloutTimeout",
     "existingClaim",
     "migrateFromGuide",
     "osTrustStore",
@@ -173,6 +175,9 @@ def parse_settings(
         mirrors=read.value("mirrors", mirrors_parser(port, image), (), json_value=True),
         node_addresses=tuple(node.host for node in nodes if is_ip_address(node.host)),
         cluster_cidr=read.value("clusterCidr", parse_cidr, DEFAULT_CLUSTER_CIDR, json_value=False),
+        rollout_timeout_seconds=read.value(
+            "rolloutTimeout", parse_int(10, 3600, "a number of seconds"), DEFAULT_ROLLOUT_TIMEOUT, json_value=False
+        ),
     )
     anonymous = [mirror.upstream for mirror in registry.mirrors if mirror.anonymous]
     named = [node.name for node in nodes if not is_ip_address(node.host)]

@@ -60,6 +60,18 @@ def require_free_port(host: str, port: int) -> None:
     raise RuntimeError(f"{host}:{port} is already in use (a leaked test server?)")
 
 
+def stop_processes(processes: list[subprocess.Popen[bytes]], timeout: float = 20.0) -> None:
+    """Terminate each still running process, the last started first; killed if it lingers."""
+    for process in reversed(processes):
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 def mount_ns_id(pid: int) -> str:
     """Return the mount-namespace identity (``mnt:[inode]``) of ``pid``."""
     return os.readlink(f"/proc/{pid}/ns/mnt")

@@ -2,8 +2,9 @@
 
 Started on one loopback address with etcd beside it (client and peer ports on the same
 address, data in the test's folder), its serving certificate made here for that address,
-and a bearer token of the ``system:masters`` group (``--token-auth-file``), which the
-kubeconfig carries. No controller manager, scheduler or kubelet: objects are stored and
+and one bearer token per user (``--token-auth-file``): ``admin`` of the ``system:masters``
+group, which ``kubeconfig.yaml`` carries, and the users ``start_apiserver`` is given (the
+cluster's other components, tests/testbed/cluster.py). On its own, objects are stored and
 admitted (Pod Security included), nothing runs. ``--service-cluster-ip-range`` is only the
 range the API server allocates ClusterIPs from; nothing ever connects to one.
 """
@@ -22,7 +23,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ._proc import require_free_port, wait_for_tcp
+from ._proc import require_free_port, stop_processes, wait_for_tcp
 from .certs import self_signed_cert
 
 API_PORT = 6443
@@ -38,6 +39,7 @@ class RunningAPIServer:
     token: str
     ca_pem: bytes
     processes: list[subprocess.Popen[bytes]] = field(repr=False)
+    tokens: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def url(self) -> str:
@@ -47,6 +49,17 @@ class RunningAPIServer:
     def kubeconfig_path(self) -> Path:
         return self.workdir / "kubeconfig.yaml"
 
+    @property
+    def ca_path(self) -> Path:
+        return self.workdir / "apiserver.crt"
+
+    def kubeconfig_for(self, user: str) -> Path:
+        """A kubeconfig with ``user``'s token (one of the users the server was started with)."""
+        path = self.workdir / f"kubeconfig-{user.replace(':', '-')}.yaml"
+        path.write_text(yaml.safe_dump(kubeconfig(self.url, self.ca_pem, self.tokens[user])))
+        path.chmod(0o600)
+        return path
+
     def log(self) -> str:
         return "\n".join(
             f"--- {name}\n{(self.workdir / name).read_text(errors='replace')[-4000:]}"
@@ -54,14 +67,7 @@ class RunningAPIServer:
         )
 
     def stop(self) -> None:
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        stop_processes(self.processes)
 
 
 def kubeconfig(url: str, ca_pem: bytes, token: str) -> dict:
@@ -76,8 +82,11 @@ def kubeconfig(url: str, ca_pem: bytes, token: str) -> dict:
     }
 
 
-def start_apiserver(bin_dir: Path, workdir: Path, ip: str, timeout: float = 90.0) -> RunningAPIServer:
-    """etcd, then kube-apiserver, until ``/readyz`` answers ok; stopped by ``stop()``."""
+def start_apiserver(bin_dir: Path, workdir: Path, ip: str, timeout: float = 90.0,
+                    users: dict[str, str] | None = None) -> RunningAPIServer:
+    """etcd, then kube-apiserver, until ``/readyz`` answers ok; stopped by ``stop()``.
+
+    ``users``: user name -> its groups (comma-separated, may be empty), each given a token."""
     for port in (API_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT):
         require_free_port(ip, port)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -91,11 +100,14 @@ def start_apiserver(bin_dir: Path, workdir: Path, ip: str, timeout: float = 90.0
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
     (workdir / "sa.pub").write_bytes(service_account.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    token = secrets.token_hex(16)
-    (workdir / "tokens.csv").write_text(f"{token},admin,admin-uid,system:masters\n")
+    groups = {"admin": "system:masters", **(users or {})}
+    tokens = {user: secrets.token_hex(16) for user in groups}
+    # token,user,uid,"group1,group2" (the token file's format: a quoted list of groups)
+    (workdir / "tokens.csv").write_text("".join(
+        f'{tokens[user]},{user},{user}-uid,"{group_list}"\n' for user, group_list in groups.items()))
 
     processes: list[subprocess.Popen[bytes]] = []
-    running = RunningAPIServer(ip, workdir, token, serving.cert_pem, processes)
+    running = RunningAPIServer(ip, workdir, tokens["admin"], serving.cert_pem, processes, tokens)
     try:
         with open(workdir / "etcd.log", "wb") as etcd_log:  # the child keeps its own descriptor
             processes.append(subprocess.Popen(
@@ -130,7 +142,7 @@ def start_apiserver(bin_dir: Path, workdir: Path, ip: str, timeout: float = 90.0
         wait_for_tcp(ip, API_PORT, alive=lambda: all(p.poll() is None for p in processes),
                      describe=running.log, timeout=timeout)
         _await_ready(running, timeout)
-        running.kubeconfig_path.write_text(yaml.safe_dump(kubeconfig(running.url, serving.cert_pem, token)))
+        running.kubeconfig_path.write_text(yaml.safe_dump(kubeconfig(running.url, serving.cert_pem, running.token)))
         return running
     except BaseException:
         running.stop()

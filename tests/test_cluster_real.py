@@ -1,0 +1,183 @@
+"""What only a real cluster says: the real `pulumi` with the kubernetes provider applying the
+program's objects to the test bed's cluster (tests/testbed/cluster.py: a real control plane,
+a kwok node that makes pods Ready, MetalLB's controller, k3s's local-path class).
+
+Each stack here manages only the cluster side (no nodes) in a namespace and on an address of
+its own. The cases: a claim size the API refuses, a Deployment whose pod can never be
+scheduled, an existing claim (the manual guide's) that `destroy` must leave with its namespace,
+and what the provider renders (render mode) checked against the schemas and checkov.
+"""
+
+from __future__ import annotations
+
+import time
+
+import kubernetes_validate
+import pytest
+from kubernetes import client
+
+from pulumi_real import RealStack
+from test_manifest_scan import ALLOWED_SKIPS, checks, scan
+from test_manifests_schema import KUBERNETES_VERSIONS
+from testbed.cluster import DEFAULT_NODE
+
+HOSTNAME = "registry.cube.test"
+
+
+def new_stack(root, kube_cluster, name, namespace, ip, **config):
+    stack = RealStack(root, name, kubeconfig=kube_cluster.kubeconfig_path)
+    stack.config_set("hostname", HOSTNAME)
+    stack.config_set("loadBalancerIp", ip)
+    stack.config_set("namespace", namespace)
+    for key, value in config.items():
+        stack.config_set(key, value)
+    return stack
+
+
+def apis(kube_cluster):
+    api = kube_cluster.client()
+    return client.CoreV1Api(api), client.AppsV1Api(api)
+
+
+# ------------------------------------------------------------------ a claim the API cannot resize
+
+RESIZE_NAMESPACE = "resize-test"
+
+
+@pytest.fixture(scope="module")
+def resize_stack(tmp_path_factory, kube_cluster):
+    stack = new_stack(tmp_path_factory.mktemp("resize"), kube_cluster, "resize", RESIZE_NAMESPACE, "127.0.0.81",
+                      rolloutTimeout=20)
+    stack.up().check()
+    yield stack
+    stack.destroy().check()
+
+
+def claim_request(kube_cluster, namespace=RESIZE_NAMESPACE):
+    core, _ = apis(kube_cluster)
+    claim = core.read_namespaced_persistent_volume_claim("registry-data", namespace)
+    return claim.spec.resources.requests["storage"], claim.status.phase, claim.status.capacity
+
+
+def test_the_claim_is_bound_on_the_node_the_pod_runs_on(resize_stack, kube_cluster):
+    core, _ = apis(kube_cluster)
+    assert claim_request(kube_cluster) == ("15Gi", "Bound", {"storage": "15Gi"})
+    (pod,) = core.list_namespaced_pod(RESIZE_NAMESPACE).items
+    assert pod.spec.node_name == DEFAULT_NODE
+
+
+def test_a_smaller_storage_size_fails_preview_and_up_saying_what_to_do(resize_stack, kube_cluster):
+    resize_stack.config_set("storageSize", "10Gi")
+    expected = (f"storageSize is 10Gi, but the claim {RESIZE_NAMESPACE}/registry-data holds 15Gi, and Kubernetes "
+                "never shrinks a claim. Set storageSize back to 15Gi (or more).")
+    try:
+        preview = resize_stack.preview()
+        assert preview.returncode != 0 and expected in preview.output, preview.output[-3000:]
+        up = resize_stack.up()
+        assert up.returncode != 0 and expected in up.output, up.output[-3000:]
+        # Stopped before the API server: it never answered about fields.
+        assert "status.capacity" not in up.output
+        assert claim_request(kube_cluster)[0] == "15Gi"
+    finally:
+        resize_stack.config_set("storageSize", "15Gi")
+    resize_stack.preview("--expect-no-changes").check()
+
+
+def test_a_larger_size_on_k3s_local_path_is_refused_by_the_api_and_changes_nothing(resize_stack, kube_cluster):
+    """The refusal is the cluster's: the local-path class does not allow volume expansion (the
+    README's "Growing the volume" says what to do)."""
+    resize_stack.config_set("storageSize", "20Gi")
+    try:
+        up = resize_stack.up()
+        assert up.returncode != 0
+        refusal = ("only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc "
+                   "must support resize")
+        assert refusal in up.output, up.output[-3000:]
+        assert claim_request(kube_cluster)[0] == "15Gi"
+    finally:
+        resize_stack.config_set("storageSize", "15Gi")
+    resize_stack.preview("--expect-no-changes").check()
+
+
+def test_a_pod_that_can_never_be_scheduled_fails_the_up_within_the_rollout_timeout_naming_it(resize_stack, kube_cluster):
+    """A nodeSelector no node matches: the update fails after rolloutTimeout (20 s here), naming
+    the Deployment, instead of succeeding while the old pod goes (Recreate; see
+    components/cluster/rollout.py) or waiting the provider's 10 minutes."""
+    core, apps = apis(kube_cluster)
+    resize_stack.config_set("nodeSelector", '{"node-type": "nowhere"}')
+    try:
+        started = time.monotonic()
+        up = resize_stack.up()
+        took = time.monotonic() - started
+        assert up.returncode != 0, up.output[-3000:]
+        assert f'"{RESIZE_NAMESPACE}/registry" failed to fully initialize or become live' in up.output, up.output[-3000:]
+        assert took < 20 + 60, f"the update took {took:.0f} s"
+        pending = [pod for pod in core.list_namespaced_pod(RESIZE_NAMESPACE).items if pod.status.phase == "Pending"]
+        assert pending and not pending[0].spec.node_name
+        scheduled = {c.type: c for c in pending[0].status.conditions}["PodScheduled"]
+        assert scheduled.status == "False" and scheduled.reason == "Unschedulable"
+    finally:
+        resize_stack.config_rm("nodeSelector")
+    resize_stack.up().check()
+    assert apps.read_namespaced_deployment("registry", RESIZE_NAMESPACE).status.available_replicas == 1
+    resize_stack.preview("--expect-no-changes").check()
+
+
+# ------------------------------------------------------------------ the guide's claim
+
+GUIDE_NAMESPACE, GUIDE_CLAIM = "guide-registry", "docker-registry-pvc"
+
+
+def test_destroy_removes_what_the_program_created_and_leaves_an_existing_claim_and_its_namespace(
+        tmp_path, kube_cluster):
+    core, _ = apis(kube_cluster)
+    # What the manual guide's kubectl apply left: its namespace and claim, with its own label.
+    core.create_namespace({"metadata": {"name": GUIDE_NAMESPACE, "labels": {"made-by": "guide"}}})
+    core.create_namespaced_persistent_volume_claim(GUIDE_NAMESPACE, {
+        "metadata": {"name": GUIDE_CLAIM},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "15Gi"}}}})
+    stack = new_stack(tmp_path, kube_cluster, "guide", GUIDE_NAMESPACE, "127.0.0.82", existingClaim=GUIDE_CLAIM)
+    stack.up().check()
+    (pod,) = core.list_namespaced_pod(GUIDE_NAMESPACE).items
+    assert [v.persistent_volume_claim.claim_name for v in pod.spec.volumes if v.persistent_volume_claim] == [GUIDE_CLAIM]
+    labels = core.read_namespace(GUIDE_NAMESPACE).metadata.labels
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted" and labels["made-by"] == "guide"
+
+    stack.destroy().check()
+    namespace = core.read_namespace(GUIDE_NAMESPACE)
+    assert namespace.status.phase == "Active"
+    assert {k: v for k, v in namespace.metadata.labels.items() if k != "kubernetes.io/metadata.name"} == \
+        {"made-by": "guide"}, "our labels went, the guide's stayed"
+    assert core.read_namespaced_persistent_volume_claim(GUIDE_CLAIM, GUIDE_NAMESPACE).status.phase == "Bound"
+    left = [*core.list_namespaced_secret(GUIDE_NAMESPACE).items, *core.list_namespaced_service(GUIDE_NAMESPACE).items,
+            *client.AppsV1Api(kube_cluster.client()).list_namespaced_deployment(GUIDE_NAMESPACE).items]
+    assert [item.metadata.name for item in left] == []
+
+
+# ------------------------------------------------------------------ what the provider renders
+
+@pytest.fixture(scope="module")
+def rendered_stack(tmp_path_factory, kube_cluster):
+    root = tmp_path_factory.mktemp("rendered")
+    stack = RealStack(root, "rendered", kubeconfig=kube_cluster.kubeconfig_path, render_dir=root / "manifests")
+    stack.config_set("hostname", HOSTNAME)
+    stack.config_set("loadBalancerIp", "127.0.0.83")
+    stack.up().check()
+    return stack
+
+
+def test_what_the_provider_renders_passes_the_schemas_in_strict_mode(rendered_stack):
+    rendered = rendered_stack.rendered().resources
+    assert sorted(r.inputs["kind"] for r in rendered) == sorted(
+        ["Namespace", "Secret", "Secret", "PersistentVolumeClaim", "Deployment", "Service", "NetworkPolicy"])
+    for resource in rendered:
+        for version in KUBERNETES_VERSIONS:
+            kubernetes_validate.validate(resource.inputs, version, strict=True)
+
+
+def test_what_the_provider_renders_passes_checkov(rendered_stack):
+    render_dir = rendered_stack.render_dir
+    report = scan(render_dir)
+    assert checks(report, "passed", render_dir), "checkov ran no check on the rendered files"
+    assert [c["check_id"] for c in checks(report, "failed", render_dir)] == []
+    assert {c["check_id"] for c in checks(report, "skipped", render_dir)} <= ALLOWED_SKIPS
