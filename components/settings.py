@@ -92,6 +92,20 @@ class MirrorSettings:
         return re.sub(r"[^a-z0-9]+", "-", self.upstream.lower()).strip("-")
 
 
+DEFAULT_MONITORING_NAMESPACE = "monitoring"
+
+
+@dataclass(frozen=True)
+class MonitoringSettings:
+    """Prometheus Operator objects for the registry (``monitoring``)."""
+
+    enabled: bool = False
+    namespace: str = DEFAULT_MONITORING_NAMESPACE
+    """Where Prometheus runs: the only namespace the metrics port admits."""
+    labels: tuple[tuple[str, str], ...] = ()
+    """On the ServiceMonitor and PrometheusRule, for the Prometheus that selects them."""
+
+
 @dataclass(frozen=True)
 class RegistrySettings:
     hostname: str
@@ -115,6 +129,7 @@ class RegistrySettings:
     """The pod network (k3s --cluster-cidr)."""
     rollout_timeout_seconds: int = DEFAULT_ROLLOUT_TIMEOUT
     """How long `up` waits for each Deployment to be ready and each Service to get its address."""
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     def mirror_address(self, mirror: MirrorSettings) -> str:
         """A cache's address, as k3s's registries.yaml keys it (see reference_host)."""

@@ -11,7 +11,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 sys.path[:0] = [str(TESTS_DIR.parent), str(TESTS_DIR)]
 
 REQUIRED_PROGRAMS = ("sshd", "ssh-keygen", "docker-registry", "skopeo", "curl", "unshare", "nsenter",
-                     "update-ca-certificates", "shellcheck", "sudo")
+                     "update-ca-certificates", "shellcheck", "sudo", "promtool")
 
 
 def pytest_sessionstart(session):

@@ -142,6 +142,8 @@ def start_registry_pod(
     env = {**settings.pop("env"), **(env_overrides or {})}
     # A pod listens on all of its own addresses; here the "pod" shares the loopback network.
     env["REGISTRY_HTTP_ADDR"] = f"{listen_ip}:{port}"
+    if "REGISTRY_HTTP_DEBUG_ADDR" in env:  # the debug server (metrics) too, on its declared port
+        env["REGISTRY_HTTP_DEBUG_ADDR"] = f"{listen_ip}:{env['REGISTRY_HTTP_DEBUG_ADDR'].rsplit(':', 1)[1]}"
     return start_registry(workdir, listen_ip=listen_ip, port=port, env=env, timeout=timeout, **settings)
 
 

@@ -45,7 +45,7 @@ PROGRAM_PACKAGES = ("components",)
 PROVIDERS = ("command", "tls", "random", "kubernetes")
 # The test bed's cluster (tests/testbed/cluster.py).
 CLUSTER_FILES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kwok-stages.yaml",
-                 "metallb-controller", "metallb-crds.yaml")
+                 "metallb-controller", "metallb-crds.yaml", "prometheus-operator-crds.yaml")
 PASSPHRASE = "k3s-registry test passphrase"
 
 

@@ -210,6 +210,11 @@ MISTAKES = [
     # k3sRestartTimeout
     Mistake("k3sRestartTimeout-with-unit", {"k3sRestartTimeout": "5m"}, "k3sRestartTimeout", ("must be a whole number",)),
     Mistake("k3sRestartTimeout-zero", {"k3sRestartTimeout": "0"}, "k3sRestartTimeout", ("0 is out of range",)),
+    # monitoring
+    Mistake("monitoring-yes", {"monitoring": "yes"}, "monitoring", ("true or false",)),
+    Mistake("monitoringNamespace-upper-case", {"monitoringNamespace": "Monitoring"}, "monitoringNamespace", ("namespace",)),
+    Mistake("monitoringLabels-a-list", {"monitoringLabels": ["release=prometheus"]}, "monitoringLabels",
+            ("label: value pairs",)),
     # rolloutTimeout
     Mistake("rolloutTimeout-with-unit", {"rolloutTimeout": "5m"}, "rolloutTimeout", ("must be a whole number",)),
     Mistake("rolloutTimeout-too-short", {"rolloutTimeout": "5"}, "rolloutTimeout", ("5 is out of range",)),

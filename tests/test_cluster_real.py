@@ -11,6 +11,7 @@ and what the provider renders (render mode) checked against the schemas and chec
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -117,9 +118,13 @@ def test_a_pod_that_can_never_be_scheduled_fails_the_up_within_the_rollout_timeo
         scheduled = {c.type: c for c in pending[0].status.conditions}["PodScheduled"]
         assert scheduled.status == "False" and scheduled.reason == "Unschedulable"
     finally:
-        resize_stack.config_rm("nodeSelector")
+        # A selector the node matches (kwok's node has the labels a k3s server has).
+        resize_stack.config_set("nodeSelector", '{"node-role.kubernetes.io/control-plane": "true"}')
     resize_stack.up().check()
     assert apps.read_namespaced_deployment("registry", RESIZE_NAMESPACE).status.available_replicas == 1
+    (pod,) = [pod for pod in core.list_namespaced_pod(RESIZE_NAMESPACE).items if pod.status.phase == "Running"]
+    assert pod.spec.node_name == DEFAULT_NODE
+    assert pod.spec.node_selector == {"node-role.kubernetes.io/control-plane": "true"}
     resize_stack.preview("--expect-no-changes").check()
 
 
@@ -181,3 +186,26 @@ def test_what_the_provider_renders_passes_checkov(rendered_stack):
     assert checks(report, "passed", render_dir), "checkov ran no check on the rendered files"
     assert [c["check_id"] for c in checks(report, "failed", render_dir)] == []
     assert {c["check_id"] for c in checks(report, "skipped", render_dir)} <= ALLOWED_SKIPS
+
+
+# ------------------------------------------------------------------ monitoring
+
+def test_monitoring_objects_are_accepted_by_the_operators_schemas_and_go_with_destroy(tmp_path, kube_cluster):
+    """The ServiceMonitor and PrometheusRule pass the API server's validation against the
+    Prometheus Operator's CRDs (generated from its types, scripts/toolchain); the metrics
+    Service is a ClusterIP; destroy takes them all."""
+    namespace = "monitored-test"
+    stack = new_stack(tmp_path, kube_cluster, "monitored", namespace, "127.0.0.84", monitoring=True)
+    stack.config_set("monitoringLabels", '{"release": "kube-prometheus-stack"}')
+    stack.up().check()
+    custom: Any = client.CustomObjectsApi(kube_cluster.client())
+    core, _ = apis(kube_cluster)
+    (monitor,) = custom.list_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "servicemonitors")["items"]
+    (rule,) = custom.list_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "prometheusrules")["items"]
+    assert monitor["metadata"]["labels"]["release"] == rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert [r["alert"] for r in rule["spec"]["groups"][0]["rules"]] == [
+        "RegistryVolumeNearlyFull", "RegistryDown", "RegistryCertificateExpiresSoon"]
+    metrics = core.read_namespaced_service("registry-metrics", namespace)
+    assert metrics.spec.type == "ClusterIP" and [p.port for p in metrics.spec.ports] == [5001]
+    stack.destroy().check()
+    assert namespace not in [n.metadata.name for n in core.list_namespace().items]

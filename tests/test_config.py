@@ -194,6 +194,8 @@ def test_project_file_declares_every_scalar_and_list_key_with_its_default():
         "restartK3s": settings.node_access.restart_k3s,
         "k3sRestartTimeout": settings.node_access.restart_timeout_seconds,
         "rolloutTimeout": settings.registry.rollout_timeout_seconds,
+        "monitoring": settings.registry.monitoring.enabled,
+        "monitoringNamespace": settings.registry.monitoring.namespace,
         "migrateFromGuide": settings.node_access.migrate_from_guide,
         "osTrustStore": settings.node_access.os_trust_store,
         "clusterCidr": settings.registry.cluster_cidr,
@@ -201,7 +203,8 @@ def test_project_file_declares_every_scalar_and_list_key_with_its_default():
     }
     # Declared: the required keys and every key with a default. Optional keys without a default
     # stay undeclared, or the CLI would require them (tests/test_cli_config.py).
-    optional_without_default = {"storageClass", "sshPrivateKey", "nodeSelector", "nodes", "existingClaim", "mirrors"}
+    optional_without_default = {"storageClass", "sshPrivateKey", "nodeSelector", "nodes", "existingClaim", "mirrors",
+                                "monitoringLabels"}
     assert set(declared) == set(KNOWN_KEYS) - optional_without_default
     for key, entry in declared.items():
         assert entry["type"] in ("string", "integer", "boolean", "array") and entry["description"]

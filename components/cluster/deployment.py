@@ -21,6 +21,9 @@ from .naming import (
     CONTAINER_PORT_NAME,
     DATA_MOUNT_PATH,
     HTPASSWD_FILE,
+    METRICS_PATH,
+    METRICS_PORT,
+    METRICS_PORT_NAME,
     RUN_AS_ID,
     TMP_MOUNT_PATH,
     UPSTREAM_PASSWORD_KEY,
@@ -94,6 +97,17 @@ def registry_environment(settings: RegistrySettings, authenticated: bool) -> lis
     return [k8s.core.v1.EnvVarArgs(name=key, value=value) for key, value in values.items()]
 
 
+def metrics_environment() -> list[k8s.core.v1.EnvVarArgs]:
+    """distribution's debug server with Prometheus metrics (configuration.go, http.debug), on
+    its own port: never on the TLS port, which answers /metrics with 404."""
+    values = {
+        "REGISTRY_HTTP_DEBUG_ADDR": f":{METRICS_PORT}",
+        "REGISTRY_HTTP_DEBUG_PROMETHEUS_ENABLED": "true",
+        "REGISTRY_HTTP_DEBUG_PROMETHEUS_PATH": METRICS_PATH,
+    }
+    return [k8s.core.v1.EnvVarArgs(name=key, value=value) for key, value in values.items()]
+
+
 def _https_probe(initial_delay: int, period: int) -> k8s.core.v1.ProbeArgs:
     # "/" answers 200 with or without authentication; "/v2/" would answer 401 once auth is on.
     return k8s.core.v1.ProbeArgs(
@@ -131,11 +145,13 @@ def create_deployment(
     component: str | None = None,
     extra_env: Sequence[k8s.core.v1.EnvVarArgs] = (),
     extra_scanner_exceptions: Sequence[str] = (),
+    metrics: bool = False,
 ) -> k8s.apps.v1.Deployment:
     """``htpasswd_secret_name`` is given exactly when clients must log in (auth on, and not an
     anonymous cache); ``data_sub_path``
     is the directory of the claim that holds the storage root (the whole claim by default).
-    A cache is the same Deployment with its own name, ``component`` and proxy ``extra_env``."""
+    A cache is the same Deployment with its own name, ``component`` and proxy ``extra_env``.
+    ``metrics``: the debug server with Prometheus metrics on METRICS_PORT."""
     labels = pod_labels(name, component)
     auth_mounts, auth_volumes = [], []
     if htpasswd_secret_name is not None:
@@ -150,8 +166,16 @@ def create_deployment(
         name="registry",
         image=settings.image,
         image_pull_policy="IfNotPresent",
-        ports=[k8s.core.v1.ContainerPortArgs(name=CONTAINER_PORT_NAME, container_port=CONTAINER_PORT, protocol="TCP")],
-        env=[*registry_environment(settings, authenticated=htpasswd_secret_name is not None), *extra_env],
+        ports=[
+            k8s.core.v1.ContainerPortArgs(name=CONTAINER_PORT_NAME, container_port=CONTAINER_PORT, protocol="TCP"),
+            *([k8s.core.v1.ContainerPortArgs(name=METRICS_PORT_NAME, container_port=METRICS_PORT, protocol="TCP")]
+              if metrics else []),
+        ],
+        env=[
+            *registry_environment(settings, authenticated=htpasswd_secret_name is not None),
+            *(metrics_environment() if metrics else []),
+            *extra_env,
+        ],
         volume_mounts=[
             k8s.core.v1.VolumeMountArgs(name="certs", mount_path=CERTS_MOUNT_PATH, read_only=True),
             k8s.core.v1.VolumeMountArgs(name="data", mount_path=DATA_MOUNT_PATH, sub_path=data_sub_path),

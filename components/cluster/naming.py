@@ -17,6 +17,13 @@ POD_SECURITY_LABELS = {
 
 CONTAINER_PORT = 5000
 CONTAINER_PORT_NAME = "https"
+# distribution's debug server (http.debug): Prometheus metrics at METRICS_PATH, and expvar and
+# pprof beside them, so only the monitoring namespace may reach it (see network.py).
+METRICS_PORT = 5001
+METRICS_PORT_NAME = "metrics"
+METRICS_PATH = "/metrics"
+# What the ServiceMonitor selects the metrics Service by (the registry's Service has not got it).
+METRICS_SERVICE_LABEL = {"k3s-registry.dev/metrics": "true"}
 CERTS_MOUNT_PATH = "/certs"
 DATA_MOUNT_PATH = "/var/lib/registry"
 TMP_MOUNT_PATH = "/tmp"
@@ -91,5 +98,4 @@ def cache_name(name: str, mirror: MirrorSettings) -> str:
 def upstream_port(mirror: MirrorSettings) -> int:
     """The TCP port of the upstream's https URL (443 unless the URL names one)."""
     return urlsplit(mirror.url).port or 443
-
 

@@ -16,6 +16,9 @@ from .naming import (
     CONTAINER_PORT_NAME,
     METALLB_IP_ANNOTATION,
     METALLB_SHARED_IP_ANNOTATION,
+    METRICS_PORT,
+    METRICS_PORT_NAME,
+    METRICS_SERVICE_LABEL,
     object_labels,
     pod_labels,
     upstream_port,
@@ -61,6 +64,34 @@ def anonymous_cache_sources(settings: RegistrySettings) -> list[str]:
     return [*host_networks(settings.node_addresses), settings.cluster_cidr]
 
 
+def metrics_ingress(namespace: str) -> k8s.networking.v1.NetworkPolicyIngressRuleArgs:
+    return k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+        ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=METRICS_PORT, protocol="TCP")],
+        from_=[k8s.networking.v1.NetworkPolicyPeerArgs(
+            namespace_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"kubernetes.io/metadata.name": namespace})
+        )],
+    )
+
+
+def create_metrics_service(
+    name: str, settings: RegistrySettings, namespace: pulumi.Input[str], parent: pulumi.Resource
+) -> k8s.core.v1.Service:
+    """The metrics port inside the cluster only (ClusterIP), for the ServiceMonitor."""
+    return k8s.core.v1.Service(
+        f"{name}-metrics-service",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=f"{name}-metrics", namespace=namespace, labels={**object_labels(name), **METRICS_SERVICE_LABEL}
+        ),
+        spec=k8s.core.v1.ServiceSpecArgs(
+            type="ClusterIP",
+            selector=pod_labels(name),
+            ports=[k8s.core.v1.ServicePortArgs(
+                name=METRICS_PORT_NAME, port=METRICS_PORT, target_port=METRICS_PORT_NAME, protocol="TCP")],
+        ),
+        opts=pulumi.ResourceOptions(parent=parent, custom_timeouts=rollout_timeouts(settings)),
+    )
+
+
 def create_network_policy(
     name: str,
     namespace: pulumi.Input[str],
@@ -68,6 +99,7 @@ def create_network_policy(
     component: str | None = None,
     egress: Sequence[k8s.networking.v1.NetworkPolicyEgressRuleArgs] = (),
     sources: Sequence[str] = (),
+    metrics_from: str | None = None,
 ) -> k8s.networking.v1.NetworkPolicy:
     """The registry port is open to every client and node; the pod itself reaches nothing.
 
@@ -75,6 +107,7 @@ def create_network_policy(
     compromised pod cannot reach the rest of the network. k3s enforces NetworkPolicies with
     its embedded kube-router. A cache gets ``egress`` (see cache_egress), nothing more.
     ``sources`` (an anonymous cache's, see anonymous_cache_sources): the only networks admitted.
+    ``metrics_from`` (with monitoring): the namespace whose pods alone reach the metrics port.
     """
     admitted = [
         k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=cidr)) for cidr in sources
@@ -89,7 +122,8 @@ def create_network_policy(
                 k8s.networking.v1.NetworkPolicyIngressRuleArgs(
                     ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=CONTAINER_PORT, protocol="TCP")],
                     from_=admitted or None,  # none: every source
-                )
+                ),
+                *([metrics_ingress(metrics_from)] if metrics_from is not None else []),
             ],
             egress=list(egress),
         ),

@@ -6,7 +6,7 @@ import pulumi
 import pulumi_random as random
 
 from ..settings import MirrorSettings, RegistrySettings
-from . import deployment, naming, network, objects
+from . import deployment, monitoring, naming, network, objects
 from .certificates import create_registry_certificates
 
 PASSWORD_LENGTH = 32
@@ -91,16 +91,29 @@ class Registry(pulumi.ComponentResource):
             parent=self,
             data_sub_path=data_sub_path,
             extra_env=deployment.delete_environment() if settings.delete_enabled else [],
+            metrics=settings.monitoring.enabled,
         )
         self.service = network.create_service(name, settings, namespace_name, parent=self)
         # k3s on the nodes restarts only once these are in place: a restart takes a server's
         # API away while pulumi-kubernetes creates and awaits them.
         self.workloads: list[pulumi.Resource] = [self.deployment, self.service]
-        network.create_network_policy(name, namespace_name, parent=self)
+        network.create_network_policy(
+            name, namespace_name, parent=self,
+            metrics_from=settings.monitoring.namespace if settings.monitoring.enabled else None,
+        )
+        claim_names = [claim_name]
         for index, mirror in enumerate(settings.mirrors):
-            self.workloads += self._create_cache(
+            cache_workloads, cache_claim = self._create_cache(
                 name, settings, mirror, f"mirrors[{index}]", namespace_name, tls_secret.metadata.name,
                 certificates.certificate_pem, htpasswd_secret_name,
+            )
+            self.workloads += cache_workloads
+            claim_names.append(cache_claim)
+        if settings.monitoring.enabled:
+            metrics_service = network.create_metrics_service(name, settings, namespace_name, parent=self)
+            monitoring.create_monitoring(
+                name, settings, namespace_name, metrics_service, claim_names,
+                certificates.serving_certificate.validity_end_time, parent=self,
             )
 
         self.address = pulumi.Output.from_input(settings.address)
@@ -134,11 +147,12 @@ class Registry(pulumi.ComponentResource):
         tls_secret_name: pulumi.Input[str],
         certificate_pem: pulumi.Input[str],
         htpasswd_secret_name: pulumi.Input[str] | None,
-    ) -> list[pulumi.Resource]:
+    ) -> tuple[list[pulumi.Resource], pulumi.Output[str]]:
         """A pull-through cache of one upstream (distribution's proxy mode takes one each): the
         registry's Deployment with its own name, volume and proxy settings, the same TLS and
         htpasswd Secrets (an anonymous cache: no htpasswd), on its own port of the registry's IP.
-        ``mirror_key`` is its entry's config key (``mirrors[0]``). Returns its workloads."""
+        ``mirror_key`` is its entry's config key (``mirrors[0]``). Returns its workloads and its
+        claim's name."""
         cache = naming.cache_name(name, mirror)
         component = naming.CACHE_COMPONENT
         upstream_secret_name = None
@@ -171,4 +185,4 @@ class Registry(pulumi.ComponentResource):
             cache, namespace, parent=self, component=component, egress=network.cache_egress(mirror),
             sources=network.anonymous_cache_sources(settings) if mirror.anonymous else (),
         )
-        return [cache_deployment, service]
+        return [cache_deployment, service], claim.metadata.name

@@ -22,12 +22,14 @@ from ..settings import (
     DEFAULT_IMAGE,
     DEFAULT_K3S_RESTART_TIMEOUT,
     DEFAULT_KEY_ALGORITHM,
+    DEFAULT_MONITORING_NAMESPACE,
     DEFAULT_NAMESPACE,
     DEFAULT_PORT,
     DEFAULT_ROLLOUT_TIMEOUT,
     DEFAULT_STORAGE_SIZE,
     AuthSettings,
     CertificateSettings,
+    MonitoringSettings,
     NodeAccessSettings,
     NodeSettings,
     RegistrySettings,
@@ -76,6 +78,9 @@ KNOWN_KEYS = (
     "restartK3s",
     "k3sRestartTimeout",
     "rolloutTimeout",
+    "monitoring",
+    "monitoringNamespace",
+    "monitoringLabels",
     "existingClaim",
     "migrateFromGuide",
     "osTrustStore",
@@ -177,6 +182,13 @@ def parse_settings(
         cluster_cidr=read.value("clusterCidr", parse_cidr, DEFAULT_CLUSTER_CIDR, json_value=False),
         rollout_timeout_seconds=read.value(
             "rolloutTimeout", parse_int(10, 3600, "a number of seconds"), DEFAULT_ROLLOUT_TIMEOUT, json_value=False
+        ),
+        monitoring=MonitoringSettings(
+            enabled=read.value("monitoring", parse_bool, False, json_value=False),
+            namespace=read.value(
+                "monitoringNamespace", parse_namespace, DEFAULT_MONITORING_NAMESPACE, json_value=False
+            ),
+            labels=read.value("monitoringLabels", parse_node_selector, (), json_value=True),
         ),
     )
     anonymous = [mirror.upstream for mirror in registry.mirrors if mirror.anonymous]

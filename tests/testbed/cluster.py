@@ -15,6 +15,9 @@ Every part is a real program built by scripts/toolchain, on one loopback address
   from an IPAddressPool of loopback addresses. No speaker: nothing announces or answers on
   that address, and nothing in the tests connects to it.
 
+The Prometheus Operator's ServiceMonitor and PrometheusRule CRDs are installed (no operator
+runs: the API server validates the objects against their schemas and stores them).
+
 And two stand-ins for what k3s ships: its ``local-path`` StorageClass (the default class,
 WaitForFirstConsumer, exactly as k3s's manifests/local-storage.yaml declares it), and
 ``LocalPathProvisioner`` in place of rancher/local-path-provisioner: for a claim the
@@ -147,6 +150,7 @@ def start_cluster(bin_dir: Path, workdir: Path, ip: str, load_balancer_pool: str
             "--node-lease-duration-seconds", "40",
         ], env={"HOME": str(workdir)}))
         _apply_all(cluster, yaml.safe_load_all((bin_dir / "metallb-crds.yaml").read_text()))
+        _apply_all(cluster, yaml.safe_load_all((bin_dir / "prometheus-operator-crds.yaml").read_text()))
         _apply_all(cluster, [
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": METALLB_NAMESPACE}},
             LOCAL_PATH_STORAGE_CLASS,
