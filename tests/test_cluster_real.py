@@ -5,7 +5,8 @@ a kwok node that makes pods Ready, MetalLB's controller, k3s's local-path class)
 Each stack here manages only the cluster side (no nodes) in a namespace and on an address of
 its own. The cases: a claim size the API refuses, a Deployment whose pod can never be
 scheduled, an existing claim (the manual guide's) that `destroy` must leave with its namespace,
-and what the provider renders (render mode) checked against the schemas and checkov.
+what the provider renders (render mode) checked against the schemas and checkov, and the
+monitoring objects against the Prometheus Operator's CRDs.
 """
 
 from __future__ import annotations

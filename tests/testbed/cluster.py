@@ -61,8 +61,8 @@ LOCAL_PATH_STORAGE_CLASS = {
     "reclaimPolicy": "Delete",
 }
 # The components' users (apiserver.start_apiserver's token file): the controller manager and
-# the scheduler as themselves, bound by RBAC's bootstrap roles; kwok and MetalLB, which a
-# cluster gives roles of their own, as admins of this throwaway one.
+# the scheduler as themselves, bound by RBAC's bootstrap roles; kwok, MetalLB and the
+# provisioner's stand-in, which a cluster gives roles of their own, as admins of this one.
 USERS = {
     "system:kube-controller-manager": "",
     "system:kube-scheduler": "",
@@ -232,9 +232,10 @@ class LocalPathProvisioner:
     requested size on that node; a Released volume it made is deleted (reclaim policy Delete)."""
 
     def __init__(self, cluster: RunningCluster, interval: float = 0.3):
-        from kubernetes import client
+        from kubernetes import client, config
 
-        self._core: Any = client.CoreV1Api(cluster.client())
+        kubeconfig = cluster.api.kubeconfig_for("local-path-provisioner")
+        self._core: Any = client.CoreV1Api(config.new_client_from_config(config_file=str(kubeconfig)))
         self._interval = interval
         self._stopped = threading.Event()
         self.errors: list[str] = []
