@@ -19,26 +19,12 @@ finishes (seen with tests/testbed/cluster.py), so there is none.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from decimal import Decimal
 from typing import Any
 
 import pulumi
 
-_QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
-_MULTIPLIERS = {
-    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-}
-
-
-def quantity_bytes(quantity: str) -> Decimal:
-    """A storage quantity (``15Gi``, ``500M``) in bytes, as Kubernetes reads it."""
-    match = _QUANTITY.match(quantity.strip())
-    if match is None:
-        raise ValueError(f"{quantity!r} is not a storage quantity")
-    return Decimal(match.group("number")) * _MULTIPLIERS[match.group("suffix") or ""]
+from ..quantity import quantity_bytes
 
 
 def _path(value: Mapping[str, Any] | None, *keys: str) -> Any:

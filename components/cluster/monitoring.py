@@ -24,9 +24,9 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from ..settings import RegistrySettings
-from .naming import METRICS_PATH, METRICS_PORT_NAME, METRICS_SERVICE_LABEL, object_labels
+from .naming import METRICS_PATH, METRICS_PORT_NAME, metrics_service_labels, object_labels
+from .rotation import SECONDS_PER_DAY
 
-SECONDS_PER_DAY = 86400
 VOLUME_FREE_FRACTION = 0.10
 
 
@@ -94,7 +94,7 @@ def create_monitoring(
         kind="ServiceMonitor",
         metadata=k8s.meta.v1.ObjectMetaArgs(name=name, namespace=namespace, labels=labels),
         spec={
-            "selector": {"matchLabels": {**object_labels(name), **METRICS_SERVICE_LABEL}},
+            "selector": {"matchLabels": metrics_service_labels(name)},
             "namespaceSelector": {"matchNames": [settings.namespace]},
             "endpoints": [{"port": METRICS_PORT_NAME, "path": METRICS_PATH, "scheme": "http", "interval": "30s"}],
         },

@@ -87,6 +87,11 @@ def object_labels(name: str, component: str | None = None) -> dict[str, str]:
     return {**pod_labels(name, component), "app.kubernetes.io/managed-by": "pulumi"}
 
 
+def metrics_service_labels(name: str) -> dict[str, str]:
+    """The metrics Service's labels, which the ServiceMonitor selects it by."""
+    return {**object_labels(name), **METRICS_SERVICE_LABEL}
+
+
 def cache_name(name: str, mirror: MirrorSettings) -> str:
     """``<registry>-cache-<slug>``, shortened with a hash to fit a Service name (63 characters)."""
     full = f"{name}-cache-{mirror.slug}"

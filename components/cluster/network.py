@@ -18,7 +18,7 @@ from .naming import (
     METALLB_SHARED_IP_ANNOTATION,
     METRICS_PORT,
     METRICS_PORT_NAME,
-    METRICS_SERVICE_LABEL,
+    metrics_service_labels,
     object_labels,
     pod_labels,
     upstream_port,
@@ -80,7 +80,7 @@ def create_metrics_service(
     return k8s.core.v1.Service(
         f"{name}-metrics-service",
         metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=f"{name}-metrics", namespace=namespace, labels={**object_labels(name), **METRICS_SERVICE_LABEL}
+            name=f"{name}-metrics", namespace=namespace, labels=metrics_service_labels(name)
         ),
         spec=k8s.core.v1.ServiceSpecArgs(
             type="ClusterIP",

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from ..quantity import QUANTITY
 from ..settings import KEY_ALGORITHMS
 from .reader import Invalid, fail
 
@@ -18,7 +19,6 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _HOST_LABEL = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _HTPASSWD_USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
-_QUANTITY = re.compile(r"^(?P<number>[0-9]+(\.[0-9]+)?)(?P<suffix>Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
 _IMAGE_REFERENCE = re.compile(
     r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*"
     r"((:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})(@sha256:[a-f0-9]{64})?|@sha256:[a-f0-9]{64})$"
@@ -149,7 +149,7 @@ parse_claim_name = object_name_parser(
 
 
 def parse_quantity(_key: str, value: Any) -> str:
-    match = _QUANTITY.match(str(value).strip()) if isinstance(value, (str, int)) else None
+    match = QUANTITY.match(str(value).strip()) if isinstance(value, (str, int)) else None
     if not match or float(match.group("number")) <= 0:
         fail(f"{value!r} is not a storage size; use a Kubernetes quantity such as 15Gi or 500Mi")
     return str(value).strip()
