@@ -106,6 +106,30 @@ class MonitoringSettings:
     """On the ServiceMonitor and PrometheusRule, for the Prometheus that selects them."""
 
 
+DEFAULT_RETENTION_PROTECT = ("latest",)
+DEFAULT_RETENTION_SCHEDULE = "0 3 * * *"
+DEFAULT_RETENTION_TIME_ZONE = "Etc/UTC"
+RETENTION_USERNAME = "retention"
+"""The registry user the retention job logs in as (its own password, in its own Secret)."""
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """Which tags the scheduled retention job deletes (``retention``): per repository, every tag
+    that is not protected, not among the ``keep_last`` most recent and not younger than
+    ``keep_days`` days. At least one of the two is set."""
+
+    keep_last: int | None = None
+    keep_days: int | None = None
+    protect: tuple[str, ...] = DEFAULT_RETENTION_PROTECT
+    """Tag globs (``*``, ``?``, ``[...]``) that are never deleted."""
+    schedule: str = DEFAULT_RETENTION_SCHEDULE
+    """When the CronJob runs (cron syntax, in ``time_zone``)."""
+    time_zone: str = DEFAULT_RETENTION_TIME_ZONE
+    dry_run: bool = False
+    """List what would go (the job's log), delete nothing."""
+
+
 @dataclass(frozen=True)
 class RegistrySettings:
     hostname: str
@@ -130,6 +154,8 @@ class RegistrySettings:
     rollout_timeout_seconds: int = DEFAULT_ROLLOUT_TIMEOUT
     """How long `up` waits for each Deployment to be ready and each Service to get its address."""
     monitoring: MonitoringSettings = MonitoringSettings()
+    retention: RetentionSettings | None = None
+    """The scheduled tag retention job; none by default."""
 
     def mirror_address(self, mirror: MirrorSettings) -> str:
         """A cache's address, as k3s's registries.yaml keys it (see reference_host)."""

@@ -215,6 +215,10 @@ MISTAKES = [
     Mistake("monitoringNamespace-upper-case", {"monitoringNamespace": "Monitoring"}, "monitoringNamespace", ("namespace",)),
     Mistake("monitoringLabels-a-list", {"monitoringLabels": ["release=prometheus"]}, "monitoringLabels",
             ("label: value pairs",)),
+    # retention (every key of it: tests/test_retention.py)
+    Mistake("retention-no-rule", {"retention": {"protect": ["latest"]}}, "retention", ("neither keepLast nor keepDays",)),
+    Mistake("retention-without-deletes", {"deleteEnabled": "false", "retention": {"keepLast": 5}}, "retention",
+            ("deleteEnabled is false",)),
     # rolloutTimeout
     Mistake("rolloutTimeout-with-unit", {"rolloutTimeout": "5m"}, "rolloutTimeout", ("must be a whole number",)),
     Mistake("rolloutTimeout-too-short", {"rolloutTimeout": "5"}, "rolloutTimeout", ("5 is out of range",)),

@@ -38,6 +38,10 @@ CONFIGS = {
     ]},
     "anonymous-cache": {**GUIDE_CONFIG, "nodes": [{"name": "cube01", "host": "192.168.0.111", "role": "agent"}],
                         "mirrors": [{"upstream": "docker.io", "anonymous": True}]},
+    # The retention CronJob, its ServiceAccount, ConfigMap, credentials Secret and NetworkPolicy.
+    "retention": {**GUIDE_CONFIG, "retention": {"keepLast": 10, "keepDays": 30, "protect": ["latest", "v*"]}},
+    "retention-without-auth": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3", "auth": "false",
+                               "retention": {"keepDays": 7, "dryRun": True, "timeZone": "Europe/Berlin"}},
     "caches-without-auth": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3", "auth": "false",
                             "mirrors": [{"upstream": "ghcr.io"}]},
 }
@@ -159,7 +163,8 @@ def test_every_skipped_check_carries_its_reason(config_scan):
 
 def test_a_digest_pinned_image_is_checked_not_skipped(config_scan):
     name, files, results = config_scan
-    digest_check = [c for kind in ("passed", "skipped") for c in results[kind] if c["check_id"] == "CKV_K8S_43"]
+    digest_check = [c for kind in ("passed", "skipped") for c in results[kind]
+                    if c["check_id"] == "CKV_K8S_43" and c["resource"].startswith("Deployment.")]
     deployments = [path for path in files if path.stem.endswith("-deployment")]
     assert len(digest_check) == len(deployments) >= 1  # the registry's and each cache's
     expected = "PASSED" if name == "image-digest" else "SKIPPED"

@@ -12,6 +12,10 @@ CONFIGS = {
     "defaults": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3"},
     "without-auth": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3", "auth": "false"},
     "ecdsa-custom-port": {**GUIDE_CONFIG, "keyAlgorithm": "ECDSA", "port": "443", "certIpAddresses": ["fd00::5"]},
+    # The retention CronJob, its ServiceAccount, ConfigMap, credentials Secret and NetworkPolicy.
+    "retention": {**GUIDE_CONFIG, "retention": {"keepLast": 10, "keepDays": 30, "protect": ["latest", "v*"]}},
+    "retention-without-auth": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3", "auth": "false",
+                               "retention": {"keepDays": 7, "dryRun": True, "timeZone": "Europe/Berlin"}},
     "caches": {**GUIDE_CONFIG, "mirrors": [
         {"upstream": "docker.io", "username": "robot", "password": "not-a-real-password"},
         {"upstream": "harbor.lab.test", "url": "https://harbor.lab.test:8443", "storageSize": "50Gi"},
@@ -35,7 +39,11 @@ def kinds_for(config_name):
     caches = config.get("mirrors", [])
     secrets += ["Secret" for mirror in caches if "password" in mirror]
     per_cache = ["Deployment", "NetworkPolicy", "PersistentVolumeClaim", "Service"] * len(caches)
-    return sorted(["Deployment", "Namespace", "NetworkPolicy", "PersistentVolumeClaim", "Service", *secrets, *per_cache])
+    retention = []
+    if "retention" in config:  # and, with auth, its credentials
+        retention = ["ConfigMap", "CronJob", "NetworkPolicy", "ServiceAccount", *secrets[1:2]]
+    return sorted(["Deployment", "Namespace", "NetworkPolicy", "PersistentVolumeClaim", "Service", *secrets, *per_cache,
+                   *retention])
 
 
 def test_the_program_declares_every_kind(manifests, request):

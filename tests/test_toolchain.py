@@ -91,7 +91,8 @@ def test_each_wrapper_module_requires_the_pinned_release():
     modules = {"kube-control-plane": "k8s.io/kubernetes", "etcd": "go.etcd.io/etcd/server/v3",
                "kwok": "sigs.k8s.io/kwok", "metallb": "go.universe.tf/metallb",
                "prometheus-operator": "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring",
-               "wharfie": "github.com/rancher/wharfie", "crictl": "sigs.k8s.io/cri-tools"}
+               "wharfie": "github.com/rancher/wharfie", "crictl": "sigs.k8s.io/cri-tools",
+               "regbot": "github.com/regclient/regclient"}
     for name, module in modules.items():
         go_mod = (PROJECT_DIR / "toolchain" / name / "go.mod").read_text()
         assert re.search(rf"^\s*(require\s+)?{re.escape(module)} v{re.escape(pins()[name])}$", go_mod, re.MULTILINE), name

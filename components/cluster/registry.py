@@ -5,11 +5,16 @@ from __future__ import annotations
 import pulumi
 import pulumi_random as random
 
-from ..settings import MirrorSettings, RegistrySettings
-from . import deployment, monitoring, naming, network, objects
+from ..settings import RETENTION_USERNAME, MirrorSettings, RegistrySettings
+from . import deployment, monitoring, naming, network, objects, retention
 from .certificates import create_registry_certificates
 
 PASSWORD_LENGTH = 32
+
+
+def htpasswd_lines(users: list[str], bcrypt_hashes: list[str]) -> str:
+    """The htpasswd file distribution reads: ``user:hash``, a line each."""
+    return "".join(f"{user}:{bcrypt_hash}\n" for user, bcrypt_hash in zip(users, bcrypt_hashes, strict=True))
 
 
 class Registry(pulumi.ComponentResource):
@@ -55,18 +60,21 @@ class Registry(pulumi.ComponentResource):
         )
         htpasswd_secret_name = None
         self.username = self.password = None
+        retention_password: pulumi.Output[str] | None = None
         if settings.auth.enabled:
-            password = random.RandomPassword(
-                f"{name}-password",
-                length=PASSWORD_LENGTH,
-                special=False,
-                opts=pulumi.ResourceOptions(parent=self),
-            )
+            password = self._password(f"{name}-password")
             self.username = pulumi.Output.from_input(settings.auth.username)
             self.password = pulumi.Output.secret(password.result)
-            htpasswd = pulumi.Output.secret(password.bcrypt_hash).apply(  # type: ignore[arg-type]  # SDK typing
-                lambda bcrypt_hash: f"{settings.auth.username}:{bcrypt_hash}\n"
-            )
+            users = [(settings.auth.username, password)]
+            if settings.retention is not None:
+                # The retention job's own user (see retention.py).
+                job_password = self._password(f"{name}-{retention.COMPONENT}-password")
+                retention_password = pulumi.Output.secret(job_password.result)
+                users.append((RETENTION_USERNAME, job_password))
+            names = [user for user, _ in users]
+            htpasswd = pulumi.Output.secret(pulumi.Output.all(  # type: ignore[arg-type]  # SDK typing
+                *[user_password.bcrypt_hash for _, user_password in users]
+            )).apply(lambda hashes: htpasswd_lines(names, hashes))
             htpasswd_secret_name = objects.create_htpasswd_secret(
                 name, namespace_name, htpasswd, parent=self
             ).metadata.name
@@ -109,6 +117,11 @@ class Registry(pulumi.ComponentResource):
             )
             self.workloads += cache_workloads
             claim_names.append(cache_claim)
+        if settings.retention is not None:
+            retention.create_retention(
+                name, settings, settings.retention, namespace_name, certificates.trust_anchor_pem,
+                retention_password, parent=self,
+            )
         if settings.monitoring.enabled:
             metrics_service = network.create_metrics_service(name, settings, namespace_name, parent=self)
             monitoring.create_monitoring(
@@ -135,6 +148,11 @@ class Registry(pulumi.ComponentResource):
                 "mirrors": self.mirrors,
                 "servingCertificateExpires": self.serving_certificate_expires,
             }
+        )
+
+    def _password(self, resource_name: str) -> random.RandomPassword:
+        return random.RandomPassword(
+            resource_name, length=PASSWORD_LENGTH, special=False, opts=pulumi.ResourceOptions(parent=self)
         )
 
     def _create_cache(

@@ -27,6 +27,7 @@ from ..settings import (
     DEFAULT_PORT,
     DEFAULT_ROLLOUT_TIMEOUT,
     DEFAULT_STORAGE_SIZE,
+    RETENTION_USERNAME,
     AuthSettings,
     CertificateSettings,
     MonitoringSettings,
@@ -37,6 +38,7 @@ from ..settings import (
 )
 from .entries import mirrors_parser, parse_nodes
 from .reader import PROJECT, ConfigError, Reader
+from .retention import parse_retention
 from .values import (
     is_ip_address,
     parse_auth_username,
@@ -87,6 +89,7 @@ KNOWN_KEYS = (
     "mirrors",
     "clusterCidr",
     "deleteEnabled",
+    "retention",
 )
 
 
@@ -190,7 +193,19 @@ def parse_settings(
             ),
             labels=read.value("monitoringLabels", parse_node_selector, (), json_value=True),
         ),
+        retention=read.value("retention", parse_retention, None, json_value=True),
     )
+    if registry.retention is not None and auth_enabled and auth_username == RETENTION_USERNAME:
+        read.problem(
+            "authUsername",
+            f"{RETENTION_USERNAME!r} is the retention job's own registry user; choose another name, e.g. registry",
+        )
+    if registry.retention is not None and not registry.retention.dry_run and not registry.delete_enabled:
+        read.problem(
+            "retention",
+            "deletes tags, but deleteEnabled is false (the registry refuses every delete); "
+            "set deleteEnabled to true, or retention.dryRun to true to only list what would go",
+        )
     anonymous = [mirror.upstream for mirror in registry.mirrors if mirror.anonymous]
     named = [node.name for node in nodes if not is_ip_address(node.host)]
     if anonymous and (named or not nodes):

@@ -29,22 +29,26 @@ PAYLOAD_PATH = "testbed/payload"  # where the payload sits inside the layer
 Runner = Callable[[list[str]], "subprocess.CompletedProcess[bytes]"]
 
 
-def build_oci_layout(dest: Path, tag: str, payload: bytes) -> Path:
+def build_oci_layout(
+    dest: Path, tag: str, payload: bytes, *, base: Sequence[bytes] = (), created: str | None = None
+) -> Path:
     """Write (or add ``tag`` to) an OCI image layout at ``dest``; return ``dest``.
 
     Adding a second tag to an existing layout keeps the first one, so one
     directory can hold several images (``oci:DEST:TAG`` selects one).
+    ``base``: payloads of layers under the image's own one (images with the same base share
+    those blobs); ``created``: the config's creation time (RFC 3339), none by default.
     """
     blobs = dest / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
-    layer_tar = _layer_tar(payload)
-    layer = _write_blob(blobs, _gzip(layer_tar))
-    config = _write_blob(blobs, _canonical_json(_image_config(layer_tar)))
+    layer_tars = [_layer_tar(layer_payload) for layer_payload in (*base, payload)]
+    layers = [_write_blob(blobs, _gzip(layer_tar)) for layer_tar in layer_tars]
+    config = _write_blob(blobs, _canonical_json(_image_config(layer_tars, created)))
     manifest_doc = {
         "schemaVersion": 2,
         "mediaType": MEDIA_MANIFEST,
         "config": {"mediaType": MEDIA_CONFIG, **config},
-        "layers": [{"mediaType": MEDIA_LAYER, **layer}],
+        "layers": [{"mediaType": MEDIA_LAYER, **layer} for layer in layers],
     }
     manifest = _write_blob(blobs, _canonical_json(manifest_doc))
     _update_index(dest, tag, manifest)
@@ -108,14 +112,17 @@ def _gzip(data: bytes) -> bytes:
     return buf.getvalue()
 
 
-def _image_config(layer_tar: bytes) -> dict[str, Any]:
-    """Image config: linux/amd64, one diff id, a harmless default command."""
-    return {
+def _image_config(layer_tars: Sequence[bytes], created: str | None = None) -> dict[str, Any]:
+    """Image config: linux/amd64, a diff id per layer, a harmless default command."""
+    config: dict[str, Any] = {
         "architecture": "amd64",
         "os": "linux",
         "config": {"Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer_tar).hexdigest()]},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(tar).hexdigest() for tar in layer_tars]},
     }
+    if created is not None:
+        config["created"] = created
+    return config
 
 
 def _canonical_json(doc: Mapping[str, Any]) -> bytes:

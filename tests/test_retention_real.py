@@ -1,0 +1,247 @@
+"""Tag retention for real: regbot (built from regclient's module at the CronJob image's release)
+runs the program's script, with the declared configuration, environment and arguments, against
+the real registry (distribution 2.8) started as declared.
+
+The job runs as its pod would: as the image's user, in a mount namespace whose /etc holds only
+the hosts file the kubelet writes from the pod's hostAliases and the ConfigMap at its mount
+path, with its password taken from the declared Secret. Then distribution's own garbage
+collector shows what the deletes give back on the volume.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import ssl
+import subprocess
+import urllib.error
+import urllib.request
+from base64 import b64encode
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from harness import Evaluation, evaluate
+from pod import _secret_files, registry_pod
+from pulumi_real import toolchain_dir
+from testbed.oci import build_oci_layout, manifest_digest, skopeo_copy
+from testbed.registry import REGISTRY_BINARY
+
+HOSTNAME = "registry.cube.test"
+REGISTRY_IP = "127.0.0.160"
+DRY_RUN_IP = "127.0.0.161"
+RETENTION = {"keepLast": 1, "keepDays": 10, "protect": ["latest", "v[0-9]*"]}
+CONFIG = {"hostname": HOSTNAME, "loadBalancerIp": REGISTRY_IP, "retention": RETENTION}
+CRON_JOB = "kubernetes:batch/v1:CronJob"
+CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
+DATA = "/var/lib/registry"
+LAYER_BYTES = 512 * 1024
+
+
+def days_ago(days: int) -> str:
+    return (dt.datetime.now(dt.UTC) - dt.timedelta(days=days)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# tag -> (days old, or None for no date; the image it is: tags naming the same image share its digest)
+IMAGES: dict[str, dict[str, tuple[int | None, str]]] = {
+    "app": {
+        "v1.0.0": (400, "release"),   # protected (v[0-9]*)
+        "build-1": (60, "one"),       # goes; `latest` is the same image, so only the tag goes
+        "latest": (60, "one"),        # protected
+        "build-2": (30, "two"),       # goes with its manifest
+        "build-3": (5, "three"),      # the most recent, and younger than 10 days
+        "nightly": (None, "undated"), # no date: kept
+    },
+    "tools": {
+        "0.1": (90, "tools"),         # the only tag of its repository: the most recent there
+    },
+}
+EXPECTED_KEPT = {"app": {"v1.0.0", "latest", "build-3", "nightly"}, "tools": {"0.1"}}
+
+
+def unique_layer(name: str) -> bytes:
+    """Incompressible bytes, so the volume's size shows which layers are stored."""
+    seed = hashlib.sha256(name.encode()).digest()
+    return b"".join(hashlib.sha256(seed + i.to_bytes(4, "big")).digest() for i in range(LAYER_BYTES // 32))
+
+
+@dataclass
+class Pushed:
+    layout: Path
+    digests: dict[str, str]  # "repo:tag" -> manifest digest
+
+
+def push_images(registry_ip: str, credentials: str, cert_dir: Path, workdir: Path) -> Pushed:
+    layout = workdir / "layout"
+    digests = {}
+    created: dict[str, str | None] = {}
+    for repo, tags in IMAGES.items():
+        for tag, (age, image) in tags.items():
+            key = f"{repo}-{tag}"
+            created.setdefault(image, None if age is None else days_ago(age))
+            build_oci_layout(layout, key, unique_layer(image), base=[unique_layer("shared base")], created=created[image])
+            pushed = skopeo_copy(f"oci:{layout}:{key}", f"docker://{registry_ip}:5000/{repo}:{tag}",
+                                 extra_args=["--dest-cert-dir", str(cert_dir), "--dest-creds", credentials])
+            assert pushed.returncode == 0, pushed.stderr.decode()
+            digests[f"{repo}:{tag}"] = manifest_digest(layout, key)
+    assert digests["app:build-1"] == digests["app:latest"]
+    return Pushed(layout, digests)
+
+
+def job_container(evaluation: Evaluation) -> dict:
+    (container,) = evaluation.one(CRON_JOB).inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def run_job(evaluation: Evaluation, workdir: Path) -> subprocess.CompletedProcess[str]:
+    """The declared retention pod, run by regbot as its container would run it: /etc and /run
+    are fresh (the kubelet's hosts file, from hostAliases), each volume is copied to its mount
+    path with the mode the kubelet gives it and the pod's fsGroup, the user is the pod's."""
+    pod = evaluation.one(CRON_JOB).inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    container = job_container(evaluation)
+    security = pod["securityContext"]
+    staged = workdir / "staged"
+    shutil.rmtree(staged, ignore_errors=True)
+    # kubelet's hosts file for a pod with hostAliases (pkg/kubelet/kubelet_pods.go, hostsEntriesFromHostAliases).
+    hosts = ["# Kubernetes-managed hosts file.", "127.0.0.1\tlocalhost", "# Entries added by HostAliases."]
+    hosts += [f"{alias['ip']}\t{' '.join(alias['hostnames'])}" for alias in pod["hostAliases"]]
+    files = {"/etc/hosts": (("\n".join(hosts) + "\n").encode(), 0o644)}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            (source,) = [c for c in evaluation.of_type(CONFIG_MAP)
+                         if c.outputs["metadata"]["name"] == volume["configMap"]["name"]]
+            content = {key: text.encode() for key, text in source.inputs["data"].items()}
+            mode = volume["configMap"].get("defaultMode", 0o644)
+        else:
+            content = _secret_files(evaluation, volume["secret"]["secretName"])
+            mode = volume["secret"]["defaultMode"]
+        for key, data in content.items():
+            files[f"{mount['mountPath']}/{key}"] = (data, mode)
+    commands = ["set -eu", "mount -t tmpfs -o mode=755 tmpfs /etc", "mount -t tmpfs -o mode=755 tmpfs /run"]
+    for index, (target, (data, mode)) in enumerate(files.items()):
+        staged_file = staged / str(index)
+        staged_file.parent.mkdir(parents=True, exist_ok=True)
+        staged_file.write_bytes(data)
+        real_target = target.replace("/var/run/", "/run/", 1)
+        commands += [f"mkdir -p {shlex.quote(str(Path(real_target).parent))}",
+                     f"cp {shlex.quote(str(staged_file))} {shlex.quote(real_target)}",
+                     f"chown 0:{security.get('fsGroup', 0)} {shlex.quote(real_target)}",
+                     f"chmod {mode:o} {shlex.quote(real_target)}"]
+    binary = workdir / "regbot"
+    shutil.copy(toolchain_dir() / "regbot", binary)  # the image's entrypoint, where its user can run it
+    os.chmod(workdir, 0o755)
+    os.chmod(binary, 0o755)
+    groups = f"--groups={security['fsGroup']}" if "fsGroup" in security else "--clear-groups"
+    commands.append(f"exec setpriv --reuid={security['runAsUser']} --regid={security['runAsGroup']} {groups} "
+                    f"{shlex.quote(str(binary))} " + " ".join(shlex.quote(arg) for arg in container["args"]))
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/"} | {item["name"]: item["value"] for item in container["env"]}
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(commands)],
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+def tags_of(registry_ip: str, repo: str, ca_pem: str, credentials: str) -> set[str]:
+    context = ssl.create_default_context(cadata=ca_pem)
+    request = urllib.request.Request(f"https://{registry_ip}:5000/v2/{repo}/tags/list",
+                                     headers={"Authorization": "Basic " + b64encode(credentials.encode()).decode()})
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return set(json.load(response)["tags"] or [])
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return set()
+        raise
+
+
+def volume_bytes(path: Path) -> int:
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
+
+
+def credentials_of(evaluation: Evaluation) -> str:
+    return f"{evaluation.outputs['registryUsername']}:{evaluation.outputs['registryPassword']}"
+
+
+@pytest.fixture(scope="module")
+def declared():
+    return evaluate(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def cert_dir(declared, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("certs.d")
+    (directory / "ca.crt").write_text(declared.outputs["caCertificatePem"])
+    return directory
+
+
+def test_the_dry_run_lists_what_would_go_and_deletes_nothing(cert_dir, tmp_path):
+    dry = evaluate({**CONFIG, "loadBalancerIp": DRY_RUN_IP, "retention": {**RETENTION, "dryRun": True}})
+    assert "--dry-run" in job_container(dry)["args"]
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    (certs / "ca.crt").write_text(dry.outputs["caCertificatePem"])
+    with registry_pod(dry, tmp_path / "pod", DRY_RUN_IP):
+        push_images(DRY_RUN_IP, credentials_of(dry), certs, tmp_path)
+        ran = run_job(dry, tmp_path / "job")
+        assert ran.returncode == 0, ran.stderr
+        for repo, tags in IMAGES.items():
+            assert tags_of(DRY_RUN_IP, repo, dry.outputs["caCertificatePem"], credentials_of(dry)) == set(tags)
+    assert '"delete app:build-1 ' in ran.stderr and '"delete app:build-2 ' in ran.stderr, ran.stderr
+    assert "dry-run=true" in ran.stderr and "dry-run=false" not in ran.stderr
+    assert '"keep app:latest (protected)"' in ran.stderr
+    assert '"keep app:nightly (no creation date)"' in ran.stderr
+    assert '"retention: 2 tag(s) to delete"' in ran.stderr
+
+
+def test_retention_deletes_the_old_tags_keeps_the_rest_whole_and_gc_frees_their_blobs(
+    declared, cert_dir, tmp_path
+):
+    ca_pem = declared.outputs["caCertificatePem"]
+    credentials = credentials_of(declared)
+    with registry_pod(declared, tmp_path / "pod", REGISTRY_IP) as registry:
+        pushed = push_images(REGISTRY_IP, credentials, cert_dir, tmp_path)
+        ran = run_job(declared, tmp_path / "job")
+        assert ran.returncode == 0, ran.stderr + registry.log()
+        for repo, kept in EXPECTED_KEPT.items():
+            assert tags_of(REGISTRY_IP, repo, ca_pem, credentials) == kept, ran.stderr
+        # The job logged in as its own user, never as the registry's.
+        job_users = {line.split("auth.user.name=")[1].split()[0] for line in registry.log().splitlines()
+                     if "auth.user.name=" in line and 'useragent="regclient/regbot' in line}
+        assert job_users == {"retention"}, job_users
+        volume = registry.volume_path(DATA)
+        before = volume_bytes(volume)
+        registry.stop()
+        # distribution's garbage collector, on the volume the registry left (no registry running).
+        collected = subprocess.run(
+            [REGISTRY_BINARY, "garbage-collect", "/dev/stdin"],
+            input=f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {volume}\n", text=True,
+            capture_output=True, timeout=120, check=False,
+        )
+        assert collected.returncode == 0, collected.stderr
+        after = volume_bytes(volume)
+    # build-2's own layer is gone; build-1's image is `latest`'s and stays.
+    freed = before - after
+    assert LAYER_BYTES <= freed < 2 * LAYER_BYTES, (before, after)
+    print(f"\nretention: volume {before} bytes before garbage collection, {after} after: {freed} freed")
+    with registry_pod(declared, tmp_path / "pod", REGISTRY_IP):
+        for repo, kept in EXPECTED_KEPT.items():
+            for tag in kept:
+                pulled = skopeo_copy(f"docker://{REGISTRY_IP}:5000/{repo}:{tag}", f"oci:{tmp_path / 'pulled'}:{repo}-{tag}",
+                                     extra_args=["--src-cert-dir", str(cert_dir), "--src-creds", credentials])
+                assert pulled.returncode == 0, pulled.stderr.decode()  # skopeo verifies every digest
+                assert manifest_digest(tmp_path / "pulled", f"{repo}-{tag}") == pushed.digests[f"{repo}:{tag}"]
+
+
+def test_the_job_has_its_own_password_and_never_the_registrys(declared):
+    config = declared.one(CONFIG_MAP).inputs["data"]["config.yml"]
+    password = declared.outputs["registryPassword"]
+    job_password = declared.named("registry-retention-credentials").inputs["stringData"]["password"]
+    assert job_password and job_password != password
+    job = json.dumps(declared.one(CRON_JOB).inputs)
+    assert password not in job and job_password not in job
+    assert password not in config and job_password not in config  # regbot reads the mounted file
