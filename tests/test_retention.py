@@ -92,7 +92,8 @@ def test_the_cron_job_runs_restricted_with_no_api_token_and_reaches_only_the_reg
     assert declared.named("registry-retention-service-account").inputs["automountServiceAccountToken"] is False
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] >= 10000
     assert container["securityContext"] == {
-        "runAsNonRoot": True, "allowPrivilegeEscalation": False, "privileged": False, "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "allowPrivilegeEscalation": False,
+        "privileged": False, "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
     assert pod["hostAliases"] == [{"ip": "192.168.0.202", "hostnames": ["registry.cube.test"]}]
     assert container["args"] == ["once", "--config", "/etc/regbot/config.yml"]

@@ -119,7 +119,8 @@ def _https_probe(initial_delay: int, period: int) -> k8s.core.v1.ProbeArgs:
     )
 
 
-def _container_security_context() -> k8s.core.v1.SecurityContextArgs:
+def container_security_context() -> k8s.core.v1.SecurityContextArgs:
+    """The restricted Pod Security profile and more: non-root RUN_AS_ID, read-only root, no capability."""
     return k8s.core.v1.SecurityContextArgs(
         run_as_non_root=True,
         run_as_user=RUN_AS_ID,
@@ -188,7 +189,7 @@ def create_deployment(
             requests={"cpu": "50m", "memory": "64Mi"},
             limits={"cpu": "1", "memory": "512Mi"},
         ),
-        security_context=_container_security_context(),
+        security_context=container_security_context(),
     )
     pod_spec = k8s.core.v1.PodSpecArgs(
         node_selector=dict(settings.node_selector) or None,

@@ -24,6 +24,7 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from ..settings import RETENTION_USERNAME, RegistrySettings, RetentionSettings
+from .deployment import container_security_context
 from .naming import CONTAINER_PORT, RUN_AS_ID, object_labels, pod_labels
 from .network import host_networks
 
@@ -182,14 +183,7 @@ def create_retention(
             resources=k8s.core.v1.ResourceRequirementsArgs(
                 requests={"cpu": "10m", "memory": "32Mi"}, limits={"cpu": "500m", "memory": "256Mi"}
             ),
-            security_context=k8s.core.v1.SecurityContextArgs(
-                run_as_non_root=True,
-                allow_privilege_escalation=False,
-                privileged=False,
-                read_only_root_filesystem=True,
-                capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-                seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-            ),
+            security_context=container_security_context(),
         )],
         volumes=volumes,
     )
