@@ -3,7 +3,8 @@
 -- Per repository: a tag is kept when it matches a protected pattern, is among the
 -- RETENTION_KEEP_LAST most recent, or is younger than RETENTION_KEEP_DAYS days; every other
 -- tag goes. "Recent" and "younger" are the image's creation time (its config's `created`), the
--- only date the registry API gives. A tag whose date cannot be read is kept.
+-- only date the registry API gives. A tag whose date cannot be read ranks after every dated
+-- one for RETENTION_KEEP_LAST, and RETENTION_KEEP_DAYS keeps it.
 --
 -- A tag goes with a DELETE of its manifest digest when no kept tag shares that digest (the
 -- registry then drops every tag of it, and garbage collection frees its blobs); when a kept tag

@@ -16,7 +16,7 @@ from ..settings import (
     DEFAULT_RETENTION_TIME_ZONE,
     RetentionSettings,
 )
-from .reader import Invalid, fail
+from .reader import fail
 
 RETENTION_KEYS = ("keepLast", "keepDays", "protect", "schedule", "timeZone", "dryRun")
 
@@ -99,10 +99,10 @@ def _schedule(schedule: Any) -> str:
 
 
 def _time_zone(name: Any) -> str:
-    try:
-        if not isinstance(name, str) or not name or name.startswith(("/", ".")):
-            raise Invalid
-        zoneinfo.ZoneInfo(name)
-    except (Invalid, zoneinfo.ZoneInfoNotFoundError, ValueError):
-        fail(f"timeZone: {name!r} is not a time zone name; use one of the tz database, e.g. Europe/Berlin or Etc/UTC")
-    return name
+    if isinstance(name, str) and name and not name.startswith(("/", ".")):
+        try:
+            zoneinfo.ZoneInfo(name)
+            return name
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            pass
+    fail(f"timeZone: {name!r} is not a time zone name; use one of the tz database, e.g. Europe/Berlin or Etc/UTC")
