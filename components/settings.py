@@ -130,6 +130,23 @@ class RetentionSettings:
     """List what would go (the job's log), delete nothing."""
 
 
+# Sunday 03:30: after the default retention run (03:00), in the quietest hour of the week.
+DEFAULT_GARBAGE_COLLECTION_SCHEDULE = "30 3 * * 0"
+DEFAULT_GARBAGE_COLLECTION_TIME_ZONE = "Etc/UTC"
+
+
+@dataclass(frozen=True)
+class GarbageCollectionSettings:
+    """distribution's garbage collector, run before the registry serves (``garbageCollection``):
+    at every start of its pod, and at a restart on ``schedule``, so a running registry never
+    has a collector beside it."""
+
+    enabled: bool = True
+    schedule: str = DEFAULT_GARBAGE_COLLECTION_SCHEDULE
+    """When the registry is restarted (cron syntax, in ``time_zone``)."""
+    time_zone: str = DEFAULT_GARBAGE_COLLECTION_TIME_ZONE
+
+
 @dataclass(frozen=True)
 class RegistrySettings:
     hostname: str
@@ -156,6 +173,13 @@ class RegistrySettings:
     monitoring: MonitoringSettings = MonitoringSettings()
     retention: RetentionSettings | None = None
     """The scheduled tag retention job; none by default."""
+    garbage_collection: GarbageCollectionSettings = GarbageCollectionSettings()
+
+    @property
+    def deletes_untagged(self) -> bool:
+        """The collector also removes manifests no tag names: only when retention is on (and
+        deletes, not a dry run), the setting that says old images may go."""
+        return self.retention is not None and not self.retention.dry_run
 
     def mirror_address(self, mirror: MirrorSettings) -> str:
         """A cache's address, as k3s's registries.yaml keys it (see reference_host)."""

@@ -1,4 +1,6 @@
-"""Starts the real registry exactly as the declared Deployment and Secret would run it.
+"""Starts the real registry exactly as the declared Deployment and Secret would run it, after
+its declared init containers (the garbage collector), each run to its end as the kubelet runs
+them, on the same volumes.
 
 Everything comes from the captured resources: the container's environment, where each volume
 is mounted, which Secret backs the certs volume (matched by the name the Deployment refers
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import Evaluation
-from testbed.registry import HostDir, RunningRegistry, start_registry
+from testbed.registry import HostDir, RunningRegistry, run_container, start_registry
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SECRET = "kubernetes:core/v1:Secret"
@@ -93,6 +95,27 @@ def _volume_source(
     raise AssertionError(f"volume {volume['name']} has a source the test bed cannot provide: {volume}")
 
 
+def _container_settings(
+    evaluation: Evaluation, pod: dict[str, Any], container: dict[str, Any], claims: Mapping[str, Path]
+) -> dict[str, Any]:
+    """One container of the pod as the test bed runs it: its environment, its volumes at their
+    mount paths, its user (the container's securityContext over the pod's), its root."""
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    pod_security = pod.get("securityContext", {})
+    container_security = container.get("securityContext", {})
+    return {
+        "env": {item["name"]: _env_value(evaluation, item) for item in container.get("env", [])},
+        "volumes": {
+            mount["mountPath"]: _volume_source(evaluation, volumes[mount["name"]], mount, claims)
+            for mount in container.get("volumeMounts", [])
+        },
+        "run_as_uid": container_security.get("runAsUser", pod_security.get("runAsUser")),
+        "run_as_gid": container_security.get("runAsGroup", pod_security.get("runAsGroup")),
+        "fs_group": pod_security.get("fsGroup"),
+        "read_only_root": bool(container_security.get("readOnlyRootFilesystem")),
+    }
+
+
 def registry_pod_settings(
     evaluation: Evaluation, claims: Mapping[str, Path] | None = None, deployment: str | None = None
 ) -> dict[str, Any]:
@@ -101,23 +124,30 @@ def registry_pod_settings(
     ``claims``: existing claims the Deployment mounts (claim name -> host directory)."""
     pod = _deployment(evaluation, deployment).inputs["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    volumes = {volume["name"]: volume for volume in pod["volumes"]}
-    pod_security = pod.get("securityContext", {})
-    container_security = container.get("securityContext", {})
     return {
-        "env": {item["name"]: _env_value(evaluation, item) for item in container["env"]},
-        "volumes": {
-            mount["mountPath"]: _volume_source(evaluation, volumes[mount["name"]], mount, claims or {})
-            for mount in container["volumeMounts"]
-        },
-        "run_as_uid": container_security.get("runAsUser", pod_security.get("runAsUser")),
-        "run_as_gid": container_security.get("runAsGroup", pod_security.get("runAsGroup")),
-        "fs_group": pod_security.get("fsGroup"),
-        "read_only_root": bool(container_security.get("readOnlyRootFilesystem")),
+        **_container_settings(evaluation, pod, container, claims or {}),
         # Only the volumes the Deployment declares are writable (its emptyDir at /tmp included).
         "writable_tmp": False,
         "container_port": container["ports"][0]["containerPort"],
     }
+
+
+def run_init_containers(
+    evaluation: Evaluation, workdir: Path, claims: Mapping[str, Path] | None = None, deployment: str | None = None
+) -> dict[str, str]:
+    """Each declared init container, in order, to its end, as the kubelet runs them before the
+    pod's containers: on the pod's volumes (the same workdir), as its user, with its command
+    and arguments. Returns what each printed, by name; a failing one fails here, as the pod
+    would never start."""
+    pod = _deployment(evaluation, deployment).inputs["spec"]["template"]["spec"]
+    logs = {}
+    for container in pod.get("initContainers", []):
+        settings = _container_settings(evaluation, pod, container, claims or {})
+        ran = run_container(workdir, argv=[*container.get("command", []), *container.get("args", [])], **settings)
+        logs[container["name"]] = ran.stdout
+        if ran.returncode != 0:
+            raise AssertionError(f"init container {container['name']} exited {ran.returncode}:\n{ran.stdout}")
+    return logs
 
 
 def start_registry_pod(
@@ -135,6 +165,7 @@ def start_registry_pod(
     ``port``: listen there instead of the container port (a Service's port, which kube-proxy
     would forward to the container port). ``extra_files``: mount path -> files, read-only,
     that the test adds to the container (a CA bundle for a stand-in upstream)."""
+    init_logs = run_init_containers(evaluation, workdir, claims, deployment)
     settings = registry_pod_settings(evaluation, claims, deployment)
     container_port = settings.pop("container_port")
     port = port or container_port
@@ -144,7 +175,9 @@ def start_registry_pod(
     env["REGISTRY_HTTP_ADDR"] = f"{listen_ip}:{port}"
     if "REGISTRY_HTTP_DEBUG_ADDR" in env:  # the debug server (metrics) too, on its declared port
         env["REGISTRY_HTTP_DEBUG_ADDR"] = f"{listen_ip}:{env['REGISTRY_HTTP_DEBUG_ADDR'].rsplit(':', 1)[1]}"
-    return start_registry(workdir, listen_ip=listen_ip, port=port, env=env, timeout=timeout, **settings)
+    running = start_registry(workdir, listen_ip=listen_ip, port=port, env=env, timeout=timeout, **settings)
+    running.init_logs = init_logs
+    return running
 
 
 @contextlib.contextmanager

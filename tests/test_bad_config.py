@@ -219,6 +219,8 @@ MISTAKES = [
     Mistake("retention-no-rule", {"retention": {"protect": ["latest"]}}, "retention", ("neither keepLast nor keepDays",)),
     Mistake("retention-without-deletes", {"deleteEnabled": "false", "retention": {"keepLast": 5}}, "retention",
             ("deleteEnabled is false",)),
+    # garbageCollection (every key of it: tests/test_garbage_collection.py)
+    Mistake("garbageCollection-sometimes", {"garbageCollection": "3"}, "garbageCollection", ("true, false or an object",)),
     # rolloutTimeout
     Mistake("rolloutTimeout-with-unit", {"rolloutTimeout": "5m"}, "rolloutTimeout", ("must be a whole number",)),
     Mistake("rolloutTimeout-too-short", {"rolloutTimeout": "5"}, "rolloutTimeout", ("5 is out of range",)),

@@ -5,22 +5,28 @@ a kwok node that makes pods Ready, MetalLB's controller, k3s's local-path class)
 Each stack here manages only the cluster side (no nodes) in a namespace and on an address of
 its own. The cases: a claim size the API refuses, a Deployment whose pod can never be
 scheduled, an existing claim (the manual guide's) that `destroy` must leave with its namespace,
-what the provider renders (render mode) checked against the schemas and checkov, and the
-monitoring objects against the Prometheus Operator's CRDs.
+what the provider renders (render mode) checked against the schemas and checkov, the
+monitoring objects against the Prometheus Operator's CRDs, and the maintenance CronJob's
+restart, run by the real kubectl with its ServiceAccount's token.
 """
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 from kubernetes import client
 
-from pulumi_real import RealStack
+from pulumi_real import RealStack, toolchain_dir
 from test_manifest_scan import ALLOWED_SKIPS, checks, scan
 from test_manifests_schema import KUBERNETES_VERSIONS
+from testbed.apiserver import API_PORT
 from testbed.cluster import DEFAULT_NODE
 
 HOSTNAME = "registry.cube.test"
@@ -175,7 +181,8 @@ def rendered_stack(tmp_path_factory, kube_cluster):
 def test_what_the_provider_renders_passes_the_schemas_in_strict_mode(rendered_stack):
     rendered = rendered_stack.rendered().resources
     assert sorted(r.inputs["kind"] for r in rendered) == sorted(
-        ["Namespace", "Secret", "Secret", "PersistentVolumeClaim", "Deployment", "Service", "NetworkPolicy"])
+        ["Namespace", "Secret", "Secret", "PersistentVolumeClaim", "Deployment", "Service", "NetworkPolicy",
+         "CronJob", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy"])  # the maintenance restart
     for resource in rendered:
         for version in KUBERNETES_VERSIONS:
             kubernetes_validate.validate(resource.inputs, version, strict=True)
@@ -210,3 +217,93 @@ def test_monitoring_objects_are_accepted_by_the_operators_schemas_and_go_with_de
     assert metrics.spec.type == "ClusterIP" and [p.port for p in metrics.spec.ports] == [5001]
     stack.destroy().check()
     assert namespace not in [n.metadata.name for n in core.list_namespace().items]
+
+
+# ------------------------------------------------------------------ the maintenance restart
+
+SERVICE_ACCOUNT_DIR = "/run/secrets/kubernetes.io/serviceaccount"  # /var/run is /run
+
+
+def run_as_job_pod(kube_cluster, pod: dict[str, Any], token: str, namespace: str, workdir: Path,
+                   args: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The job's container as the kubelet runs it: kubectl (the image's entrypoint, this release
+    built from source) with the container's arguments (or ``args``) and environment, as the pod's
+    user, with what a mounted ServiceAccount token gives a pod: the token, the cluster's CA and
+    the namespace at the standard path, and KUBERNETES_SERVICE_HOST/PORT (here: the test API
+    server's address, for the kubernetes Service's). Its emptyDir is a fresh /tmp."""
+    (container,) = pod["containers"]
+    security = pod["securityContext"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    files = {"token": token.encode(), "ca.crt": kube_cluster.api.ca_pem, "namespace": namespace.encode()}
+    for name, data in files.items():
+        (workdir / name).write_bytes(data)
+    binary = workdir / "kubectl"
+    shutil.copy(toolchain_dir() / "kubectl", binary)
+    for path in (workdir, binary):
+        path.chmod(0o755)
+    # Staged from the workdir (under /tmp) before the pod's own /tmp hides it.
+    image_binary = "/run/image/kubectl"
+    commands = ["set -eu", "mount -t tmpfs -o mode=755 tmpfs /run", f"mkdir -p {SERVICE_ACCOUNT_DIR} /run/image",
+                f"cp {shlex.quote(str(binary))} {image_binary}"]
+    commands += [f"cp {shlex.quote(str(workdir / name))} {SERVICE_ACCOUNT_DIR}/{name} && chmod 644 {SERVICE_ACCOUNT_DIR}/{name}"
+                 for name in files]
+    commands.append("mount -t tmpfs -o mode=1777 tmpfs /tmp")
+    argv = [image_binary, *(container["args"] if args is None else args)]
+    commands.append(f"exec setpriv --reuid={security['runAsUser']} --regid={security['runAsGroup']} --clear-groups "
+                    + " ".join(shlex.quote(arg) for arg in argv))
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/",
+           "KUBERNETES_SERVICE_HOST": kube_cluster.api.ip, "KUBERNETES_SERVICE_PORT": str(API_PORT),
+           **{item["name"]: item["value"] for item in container.get("env", [])}}
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(commands)],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_maintenance_job_restarts_the_registry_with_its_token_and_may_do_nothing_else(tmp_path, kube_cluster):
+    """The CronJob as the API server stored it, its container run by the real kubectl with a
+    token of its ServiceAccount (TokenRequest, as the kubelet mounts one): the restart goes
+    through (the Role's get and patch of the registry's Deployment), the Deployment rolls a new
+    pod, anything else is forbidden, and Pulumi sees no change afterwards (kubectl's annotation
+    is kubectl's field, not the program's)."""
+    namespace = "maintained-test"
+    stack = new_stack(tmp_path, kube_cluster, "maintained", namespace, "127.0.0.85")
+    stack.up().check()
+    api = kube_cluster.client()
+    core, apps = apis(kube_cluster)  # untyped, as the other tests use them
+    try:
+        cron_job = api.sanitize_for_serialization(client.BatchV1Api(api).read_namespaced_cron_job(
+            "registry-maintenance", namespace))
+        pod = cron_job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        token = core.create_namespaced_service_account_token(
+            pod["serviceAccountName"], namespace, {"spec": {"expirationSeconds": 600}}).status.token
+        before = apps.read_namespaced_deployment("registry", namespace)
+        (old_pod,) = core.list_namespaced_pod(namespace).items
+
+        restarted = run_as_job_pod(kube_cluster, pod, token, namespace, tmp_path / "job")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        assert restarted.stdout.strip() == "deployment.apps/registry restarted", restarted.stdout + restarted.stderr
+        after = apps.read_namespaced_deployment("registry", namespace)
+        assert "kubectl.kubernetes.io/restartedAt" in after.spec.template.metadata.annotations
+        assert after.metadata.generation == before.metadata.generation + 1
+
+        def rolled() -> bool:
+            deployment = apps.read_namespaced_deployment("registry", namespace)
+            pods = [p for p in core.list_namespaced_pod(namespace).items if p.status.phase == "Running"]
+            return (deployment.status.observed_generation == after.metadata.generation
+                    and deployment.status.updated_replicas == 1 and deployment.status.available_replicas == 1
+                    and [p.metadata.name for p in pods] != [old_pod.metadata.name] and len(pods) == 1)
+        for _ in range(120):
+            if rolled():
+                break
+            time.sleep(0.5)
+        assert rolled(), kube_cluster.log()[-3000:]
+
+        for forbidden in (["get", "secrets"], ["get", "deployments"], ["delete", "deployment", "registry"],
+                          ["scale", "deployment/registry", "--replicas=0"],
+                          ["rollout", "restart", "deployment/registry", "--namespace", "default"]):
+            denied = run_as_job_pod(kube_cluster, pod, token, namespace, tmp_path / "denied", args=forbidden)
+            assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), (forbidden, denied.stderr)
+        assert apps.read_namespaced_deployment("registry", namespace).spec.replicas == 1
+
+        stack.preview("--expect-no-changes").check()
+    finally:
+        stack.destroy().check()

@@ -204,7 +204,7 @@ def test_project_file_declares_every_scalar_and_list_key_with_its_default():
     # Declared: the required keys and every key with a default. Optional keys without a default
     # stay undeclared, or the CLI would require them (tests/test_cli_config.py).
     optional_without_default = {"storageClass", "sshPrivateKey", "nodeSelector", "nodes", "existingClaim", "mirrors",
-                                "monitoringLabels", "retention"}
+                                "monitoringLabels", "retention", "garbageCollection"}
     assert set(declared) == set(KNOWN_KEYS) - optional_without_default
     for key, entry in declared.items():
         assert entry["type"] in ("string", "integer", "boolean", "array") and entry["description"]

@@ -24,6 +24,8 @@ CONFIGS = {
                         "mirrors": [{"upstream": "docker.io", "anonymous": True}, {"upstream": "ghcr.io"}]},
     "caches-without-auth": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3", "auth": "false",
                             "mirrors": [{"upstream": "ghcr.io"}]},
+    "garbage-collection-scheduled": {**GUIDE_CONFIG, "retention": {"keepLast": 10},
+                                     "garbageCollection": {"schedule": "0 4 * * 6", "timeZone": "Europe/Berlin"}},
 }
 
 
@@ -42,8 +44,10 @@ def kinds_for(config_name):
     retention = []
     if "retention" in config:  # and, with auth, its credentials
         retention = ["ConfigMap", "CronJob", "NetworkPolicy", "ServiceAccount", *secrets[1:2]]
+    # garbage collection is on in each: the maintenance CronJob, its ServiceAccount, Role, RoleBinding, NetworkPolicy
+    maintenance = ["CronJob", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount"]
     return sorted(["Deployment", "Namespace", "NetworkPolicy", "PersistentVolumeClaim", "Service", *secrets, *per_cache,
-                   *retention])
+                   *retention, *maintenance])
 
 
 def test_the_program_declares_every_kind(manifests, request):

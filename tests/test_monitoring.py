@@ -45,7 +45,7 @@ def test_without_monitoring_there_is_no_debug_server_and_nothing_for_prometheus(
     assert [s.name for s in plain.of_type(SERVICE)] == ["registry-service"]
     env, ports = env_of(plain.one(DEPLOYMENT))
     assert not [key for key in env if "DEBUG" in key] and [p["name"] for p in ports] == ["https"]
-    assert len(plain.one(POLICY).inputs["spec"]["ingress"]) == 1
+    assert len(plain.named("registry-network-policy").inputs["spec"]["ingress"]) == 1
 
 
 def test_the_metrics_are_on_the_debug_port_which_only_the_monitoring_namespace_reaches(monitored):

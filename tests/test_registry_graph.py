@@ -43,6 +43,9 @@ def test_every_object_is_a_child_of_the_registry_component(guide):
     assert {r.type for r in cluster_side} == {
         DEPLOYMENT, SERVICE, SECRET, CLAIM, NAMESPACE, KEY, CA, CSR, CERT, PASSWORD,
         "kubernetes:networking.k8s.io/v1:NetworkPolicy",
+        # the maintenance restart (garbage collection is on by default)
+        "kubernetes:batch/v1:CronJob", "kubernetes:core/v1:ServiceAccount", "kubernetes:rbac.authorization.k8s.io/v1:Role",
+        "kubernetes:rbac.authorization.k8s.io/v1:RoleBinding",
     }
     for resource in cluster_side:
         assert resource.parent == component.urn, resource.name
@@ -228,7 +231,7 @@ def test_service_selects_the_pods_and_asks_metallb_for_the_ip(guide):
 
 
 def test_network_policy_opens_only_the_registry_port_and_no_egress(guide):
-    policy = guide.one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs
+    policy = guide.named("registry-network-policy").inputs
     template_labels = guide.one(DEPLOYMENT).inputs["spec"]["template"]["metadata"]["labels"]
     assert policy["metadata"]["namespace"] == "docker-registry"
     assert policy["spec"]["podSelector"] == {"matchLabels": template_labels}

@@ -13,6 +13,7 @@ from pulumi_real import pins
 
 BASE = {"hostname": "registry.cube.test", "loadBalancerIp": "192.168.0.202"}
 CRON_JOB = "kubernetes:batch/v1:CronJob"
+RETENTION_JOB = "registry-retention-cron-job"
 
 
 @pytest.mark.parametrize(("glob", "pattern"), [
@@ -34,7 +35,7 @@ def settings_with(retention):
 
 def test_retention_is_off_by_default_and_declares_nothing():
     assert parse_settings(BASE).registry.retention is None
-    assert not evaluate(BASE).of_type(CRON_JOB)
+    assert not [job for job in evaluate(BASE).of_type(CRON_JOB) if "retention" in job.name]
 
 
 def test_the_defaults_and_every_setting():
@@ -83,7 +84,7 @@ def test_the_registry_user_cannot_be_the_jobs():
 def test_the_cron_job_runs_restricted_with_no_api_token_and_reaches_only_the_registry():
     declared = evaluate({**BASE, "port": "5443", "retention": {"keepLast": 3, "schedule": "0 4 * * 6",
                                                                "timeZone": "Europe/Berlin"}})
-    job = declared.one(CRON_JOB).inputs
+    job = declared.named(RETENTION_JOB).inputs
     assert (job["spec"]["schedule"], job["spec"]["timeZone"], job["spec"]["concurrencyPolicy"]) == (
         "0 4 * * 6", "Europe/Berlin", "Forbid")
     pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]

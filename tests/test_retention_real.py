@@ -4,33 +4,28 @@ the real registry (distribution 2.8) started as declared.
 
 The job runs as its pod would: as the image's user, in a mount namespace whose /etc holds only
 the hosts file the kubelet writes from the pod's hostAliases and the ConfigMap at its mount
-path, with its password taken from the declared Secret. Then distribution's own garbage
-collector shows what the deletes give back on the volume.
+path, with its password taken from the declared Secret. Then the registry restarts, and its
+declared init container (distribution's collector) shows what the deletes give back.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shlex
 import shutil
-import ssl
 import subprocess
-import urllib.error
-import urllib.request
-from base64 import b64encode
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from images import LAYER_BYTES, credentials_of, tags_of, unique_layer, volume_bytes
 
 from harness import Evaluation, evaluate
 from pod import _secret_files, registry_pod
 from pulumi_real import toolchain_dir
 from testbed.oci import build_oci_layout, manifest_digest, skopeo_copy
-from testbed.registry import REGISTRY_BINARY
 
 HOSTNAME = "registry.cube.test"
 REGISTRY_IP = "127.0.0.160"
@@ -38,9 +33,9 @@ DRY_RUN_IP = "127.0.0.161"
 RETENTION = {"keepLast": 1, "keepDays": 10, "protect": ["latest", "v[0-9]*"]}
 CONFIG = {"hostname": HOSTNAME, "loadBalancerIp": REGISTRY_IP, "retention": RETENTION}
 CRON_JOB = "kubernetes:batch/v1:CronJob"
+RETENTION_JOB = "registry-retention-cron-job"
 CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
 DATA = "/var/lib/registry"
-LAYER_BYTES = 512 * 1024
 
 
 def days_ago(days: int) -> str:
@@ -62,12 +57,6 @@ IMAGES: dict[str, dict[str, tuple[int | None, str]]] = {
     },
 }
 EXPECTED_KEPT = {"app": {"v1.0.0", "latest", "build-3", "nightly"}, "tools": {"0.1"}}
-
-
-def unique_layer(name: str) -> bytes:
-    """Incompressible bytes, so the volume's size shows which layers are stored."""
-    seed = hashlib.sha256(name.encode()).digest()
-    return b"".join(hashlib.sha256(seed + i.to_bytes(4, "big")).digest() for i in range(LAYER_BYTES // 32))
 
 
 @dataclass
@@ -94,7 +83,7 @@ def push_images(registry_ip: str, credentials: str, cert_dir: Path, workdir: Pat
 
 
 def job_container(evaluation: Evaluation) -> dict:
-    (container,) = evaluation.one(CRON_JOB).inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    (container,) = evaluation.named(RETENTION_JOB).inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
     return container
 
 
@@ -102,7 +91,7 @@ def run_job(evaluation: Evaluation, workdir: Path) -> subprocess.CompletedProces
     """The declared retention pod, run by regbot as its container would run it: /etc and /run
     are fresh (the kubelet's hosts file, from hostAliases), each volume is copied to its mount
     path with the mode the kubelet gives it and the pod's fsGroup, the user is the pod's."""
-    pod = evaluation.one(CRON_JOB).inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pod = evaluation.named(RETENTION_JOB).inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     container = job_container(evaluation)
     security = pod["securityContext"]
     staged = workdir / "staged"
@@ -144,27 +133,6 @@ def run_job(evaluation: Evaluation, workdir: Path) -> subprocess.CompletedProces
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/"} | {item["name"]: item["value"] for item in container["env"]}
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(commands)],
                           env=env, capture_output=True, text=True, timeout=300, check=False)
-
-
-def tags_of(registry_ip: str, repo: str, ca_pem: str, credentials: str) -> set[str]:
-    context = ssl.create_default_context(cadata=ca_pem)
-    request = urllib.request.Request(f"https://{registry_ip}:5000/v2/{repo}/tags/list",
-                                     headers={"Authorization": "Basic " + b64encode(credentials.encode()).decode()})
-    try:
-        with urllib.request.urlopen(request, context=context, timeout=10) as response:
-            return set(json.load(response)["tags"] or [])
-    except urllib.error.HTTPError as error:
-        if error.code == 404:
-            return set()
-        raise
-
-
-def volume_bytes(path: Path) -> int:
-    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())
-
-
-def credentials_of(evaluation: Evaluation) -> str:
-    return f"{evaluation.outputs['registryUsername']}:{evaluation.outputs['registryPassword']}"
 
 
 @pytest.fixture(scope="module")
@@ -215,20 +183,15 @@ def test_retention_deletes_the_old_tags_keeps_the_rest_whole_and_gc_frees_their_
         assert job_users == {"retention"}, job_users
         volume = registry.volume_path(DATA)
         before = volume_bytes(volume)
-        registry.stop()
-        # distribution's garbage collector, on the volume the registry left (no registry running).
-        collected = subprocess.run(
-            [REGISTRY_BINARY, "garbage-collect", "/dev/stdin"],
-            input=f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {volume}\n", text=True,
-            capture_output=True, timeout=120, check=False,
-        )
-        assert collected.returncode == 0, collected.stderr
+    # The registry restarts (the maintenance CronJob's restart, or any other): its init container
+    # collects, with --delete-untagged since retention is on, before the registry serves again.
+    with registry_pod(declared, tmp_path / "pod", REGISTRY_IP) as restarted:
+        assert "blob eligible for deletion" in restarted.init_logs["garbage-collect"], restarted.init_logs
         after = volume_bytes(volume)
-    # build-2's own layer is gone; build-1's image is `latest`'s and stays.
-    freed = before - after
-    assert LAYER_BYTES <= freed < 2 * LAYER_BYTES, (before, after)
-    print(f"\nretention: volume {before} bytes before garbage collection, {after} after: {freed} freed")
-    with registry_pod(declared, tmp_path / "pod", REGISTRY_IP):
+        # build-2's own layer is gone; build-1's image is `latest`'s and stays.
+        freed = before - after
+        assert LAYER_BYTES <= freed < 2 * LAYER_BYTES, (before, after, restarted.init_logs)
+        print(f"\nretention: volume {before} bytes before garbage collection, {after} after: {freed} freed")
         for repo, kept in EXPECTED_KEPT.items():
             for tag in kept:
                 pulled = skopeo_copy(f"docker://{REGISTRY_IP}:5000/{repo}:{tag}", f"oci:{tmp_path / 'pulled'}:{repo}-{tag}",
@@ -242,6 +205,6 @@ def test_the_job_has_its_own_password_and_never_the_registrys(declared):
     password = declared.outputs["registryPassword"]
     job_password = declared.named("registry-retention-credentials").inputs["stringData"]["password"]
     assert job_password and job_password != password
-    job = json.dumps(declared.one(CRON_JOB).inputs)
+    job = json.dumps(declared.named(RETENTION_JOB).inputs)
     assert password not in job and job_password not in job
     assert password not in config and job_password not in config  # regbot reads the mounted file

@@ -147,12 +147,14 @@ def create_deployment(
     extra_env: Sequence[k8s.core.v1.EnvVarArgs] = (),
     extra_scanner_exceptions: Sequence[str] = (),
     metrics: bool = False,
+    init_containers: Sequence[k8s.core.v1.ContainerArgs] = (),
 ) -> k8s.apps.v1.Deployment:
     """``htpasswd_secret_name`` is given exactly when clients must log in (auth on, and not an
     anonymous cache); ``data_sub_path``
     is the directory of the claim that holds the storage root (the whole claim by default).
     A cache is the same Deployment with its own name, ``component`` and proxy ``extra_env``.
-    ``metrics``: the debug server with Prometheus metrics on METRICS_PORT."""
+    ``metrics``: the debug server with Prometheus metrics on METRICS_PORT. ``init_containers``
+    run to their end, in order, before the registry starts (garbage_collection.py)."""
     labels = pod_labels(name, component)
     auth_mounts, auth_volumes = [], []
     if htpasswd_secret_name is not None:
@@ -205,6 +207,7 @@ def create_deployment(
             fs_group_change_policy="OnRootMismatch",
             seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
         ),
+        init_containers=list(init_containers) or None,
         containers=[container],
         volumes=[
             k8s.core.v1.VolumeArgs(

@@ -83,6 +83,13 @@ def pod_labels(name: str, component: str | None = None) -> dict[str, str]:
     return labels
 
 
+def job_pod_labels(name: str, component: str) -> dict[str, str]:
+    """A CronJob's pods (retention, maintenance): an instance of their own (``<registry>-<component>``),
+    so that neither the registry's Service nor its NetworkPolicy, which select on the registry's
+    ``instance``, ever take a job's pod for the registry."""
+    return pod_labels(f"{name}-{component}", component)
+
+
 def object_labels(name: str, component: str | None = None) -> dict[str, str]:
     return {**pod_labels(name, component), "app.kubernetes.io/managed-by": "pulumi"}
 

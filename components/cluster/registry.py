@@ -6,7 +6,7 @@ import pulumi
 import pulumi_random as random
 
 from ..settings import RETENTION_USERNAME, MirrorSettings, RegistrySettings
-from . import deployment, monitoring, naming, network, objects, retention
+from . import deployment, garbage_collection, maintenance, monitoring, naming, network, objects, retention
 from .certificates import create_registry_certificates
 
 PASSWORD_LENGTH = 32
@@ -100,7 +100,13 @@ class Registry(pulumi.ComponentResource):
             data_sub_path=data_sub_path,
             extra_env=deployment.delete_environment() if settings.delete_enabled else [],
             metrics=settings.monitoring.enabled,
+            init_containers=[garbage_collection.garbage_collect_container(settings, data_sub_path)]
+            if settings.garbage_collection.enabled else [],
         )
+        if settings.garbage_collection.enabled:
+            maintenance.create_maintenance(
+                name, settings, settings.garbage_collection, namespace_name, self.deployment.metadata.name, parent=self
+            )
         self.service = network.create_service(name, settings, namespace_name, parent=self)
         # k3s on the nodes restarts only once these are in place: a restart takes a server's
         # API away while pulumi-kubernetes creates and awaits them.

@@ -24,8 +24,9 @@ import pulumi_kubernetes as k8s
 import yaml
 
 from ..settings import RETENTION_USERNAME, RegistrySettings, RetentionSettings
+from .cron_job import job_service_account, quiet_hours_cron_job
 from .deployment import container_security_context
-from .naming import CONTAINER_PORT, RUN_AS_ID, object_labels, pod_labels
+from .naming import CONTAINER_PORT, RUN_AS_ID, job_pod_labels, object_labels, pod_labels
 from .network import host_networks
 
 REGBOT_IMAGE = "ghcr.io/regclient/regbot:v0.11.5"
@@ -123,12 +124,7 @@ def create_retention(
     job = f"{name}-{COMPONENT}"
     opts = pulumi.ResourceOptions(parent=parent)
     labels = object_labels(name, COMPONENT)
-    account = k8s.core.v1.ServiceAccount(
-        f"{job}-service-account",
-        metadata=k8s.meta.v1.ObjectMetaArgs(name=job, namespace=namespace, labels=labels),
-        automount_service_account_token=False,
-        opts=opts,
-    )
+    account = job_service_account(name, COMPONENT, namespace, parent)
     config = k8s.core.v1.ConfigMap(
         f"{job}-config",
         metadata=k8s.meta.v1.ObjectMetaArgs(namespace=namespace, labels=labels),
@@ -187,30 +183,9 @@ def create_retention(
         )],
         volumes=volumes,
     )
-    return k8s.batch.v1.CronJob(
-        f"{job}-cron-job",
-        metadata=k8s.meta.v1.ObjectMetaArgs(name=job, namespace=namespace, labels=labels, annotations=SCANNER_EXCEPTIONS),
-        spec=k8s.batch.v1.CronJobSpecArgs(
-            schedule=retention.schedule,
-            time_zone=retention.time_zone,
-            # One run at a time; a run missed by more than an hour (the cluster was down) waits
-            # for the next one rather than landing outside the quiet hours.
-            concurrency_policy="Forbid",
-            starting_deadline_seconds=3600,
-            successful_jobs_history_limit=3,
-            failed_jobs_history_limit=3,
-            job_template=k8s.batch.v1.JobTemplateSpecArgs(
-                spec=k8s.batch.v1.JobSpecArgs(
-                    backoff_limit=2,
-                    active_deadline_seconds=JOB_DEADLINE_SECONDS,
-                    template=k8s.core.v1.PodTemplateSpecArgs(
-                        metadata=k8s.meta.v1.ObjectMetaArgs(labels=pod_labels(name, COMPONENT)),
-                        spec=pod_spec,
-                    ),
-                ),
-            ),
-        ),
-        opts=opts,
+    return quiet_hours_cron_job(
+        name, COMPONENT, namespace, retention.schedule, retention.time_zone, pod_spec,
+        deadline_seconds=JOB_DEADLINE_SECONDS, annotations=SCANNER_EXCEPTIONS, parent=parent,
     )
 
 
@@ -226,7 +201,7 @@ def _create_network_policy(
             name=f"{name}-{COMPONENT}", namespace=namespace, labels=object_labels(name, COMPONENT)
         ),
         spec=k8s.networking.v1.NetworkPolicySpecArgs(
-            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=pod_labels(name, COMPONENT)),
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=job_pod_labels(name, COMPONENT)),
             policy_types=["Ingress", "Egress"],
             ingress=[],
             egress=[

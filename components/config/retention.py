@@ -7,7 +7,6 @@ A stack sets it as an object, e.g.
 from __future__ import annotations
 
 import re
-import zoneinfo
 from typing import Any
 
 from ..settings import (
@@ -17,17 +16,12 @@ from ..settings import (
     RetentionSettings,
 )
 from .reader import fail
+from .schedule import parse_schedule, parse_time_zone
 
 RETENTION_KEYS = ("keepLast", "keepDays", "protect", "schedule", "timeZone", "dryRun")
 
 # A tag is [A-Za-z0-9_][A-Za-z0-9_.-]{0,127} (distribution/reference); a glob adds * ? [ ] ! to it.
 _TAG_GLOB = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,128}$")
-# What the CronJob controller's parser (robfig/cron, standard: five fields) takes, roughly; the
-# API server has the last word. A time zone goes in timeZone: the API refuses TZ= in a schedule.
-_CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,?-]+$")
-_CRON_DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-
-
 def parse_retention(_key: str, value: Any) -> RetentionSettings:
     if not isinstance(value, dict):
         fail('must be an object, e.g. {"keepLast": 10, "protect": ["latest"]}')
@@ -46,8 +40,8 @@ def parse_retention(_key: str, value: Any) -> RetentionSettings:
         keep_last=keep_last,
         keep_days=keep_days,
         protect=_protect(value.get("protect", list(DEFAULT_RETENTION_PROTECT))),
-        schedule=_schedule(value.get("schedule", DEFAULT_RETENTION_SCHEDULE)),
-        time_zone=_time_zone(value.get("timeZone", DEFAULT_RETENTION_TIME_ZONE)),
+        schedule=parse_schedule(value.get("schedule", DEFAULT_RETENTION_SCHEDULE)),
+        time_zone=parse_time_zone(value.get("timeZone", DEFAULT_RETENTION_TIME_ZONE)),
         dry_run=dry_run,
     )
 
@@ -83,26 +77,3 @@ def _brackets_balanced(pattern: str) -> bool:
                 return False
             inside = False
     return not inside and "[]" not in pattern and "[!]" not in pattern
-
-
-def _schedule(schedule: Any) -> str:
-    if not isinstance(schedule, str):
-        fail(f"schedule: {schedule!r} is not a cron schedule; use five fields, e.g. \"0 3 * * *\" (03:00 daily)")
-    text = schedule.strip()
-    if "TZ=" in text:
-        fail("schedule: carries a time zone; Kubernetes refuses TZ= there; put it in timeZone instead")
-    fields = text.split()
-    if not (text in _CRON_DESCRIPTORS or (len(fields) == 5 and all(_CRON_FIELD.match(field) for field in fields))):
-        fail(f"schedule: {schedule!r} is not a cron schedule; use five fields (minute hour day month weekday), "
-             "e.g. \"0 3 * * *\" (03:00 daily), or @daily")
-    return " ".join(fields) if len(fields) == 5 else text
-
-
-def _time_zone(name: Any) -> str:
-    if isinstance(name, str) and name and not name.startswith(("/", ".")):
-        try:
-            zoneinfo.ZoneInfo(name)
-            return name
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            pass
-    fail(f"timeZone: {name!r} is not a time zone name; use one of the tz database, e.g. Europe/Berlin or Etc/UTC")

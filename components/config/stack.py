@@ -30,6 +30,7 @@ from ..settings import (
     RETENTION_USERNAME,
     AuthSettings,
     CertificateSettings,
+    GarbageCollectionSettings,
     MonitoringSettings,
     NodeAccessSettings,
     NodeSettings,
@@ -37,6 +38,7 @@ from ..settings import (
     StackSettings,
 )
 from .entries import mirrors_parser, parse_nodes
+from .garbage_collection import parse_garbage_collection
 from .reader import PROJECT, ConfigError, Reader
 from .retention import parse_retention
 from .values import (
@@ -90,6 +92,7 @@ KNOWN_KEYS = (
     "clusterCidr",
     "deleteEnabled",
     "retention",
+    "garbageCollection",
 )
 
 
@@ -194,6 +197,9 @@ def parse_settings(
             labels=read.value("monitoringLabels", parse_node_selector, (), json_value=True),
         ),
         retention=read.value("retention", parse_retention, None, json_value=True),
+        garbage_collection=read.value(
+            "garbageCollection", parse_garbage_collection, GarbageCollectionSettings(), json_value=True
+        ),
     )
     if registry.retention is not None and auth_enabled and auth_username == RETENTION_USERNAME:
         read.problem(

@@ -56,6 +56,30 @@ def build_oci_layout(
     return dest
 
 
+def build_oci_image_index(dest: Path, tag: str, payloads: Mapping[str, bytes]) -> Path:
+    """Write (or add ``tag`` to) the layout at ``dest`` as a multi-platform image: an image index
+    whose entries are one image per architecture (``payloads``: architecture -> its layer's
+    payload), as ``docker buildx build --platform ...`` pushes. Push it with ``skopeo copy --all``."""
+    blobs = dest / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for architecture, payload in payloads.items():
+        layer_tar = _layer_tar(payload)
+        layer = _write_blob(blobs, _gzip(layer_tar))
+        config = _write_blob(blobs, _canonical_json(_image_config([layer_tar], architecture=architecture)))
+        manifest = _write_blob(blobs, _canonical_json({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_MANIFEST,
+            "config": {"mediaType": MEDIA_CONFIG, **config},
+            "layers": [{"mediaType": MEDIA_LAYER, **layer}],
+        }))
+        entries.append({"mediaType": MEDIA_MANIFEST, **manifest, "platform": {"architecture": architecture, "os": "linux"}})
+    index = _write_blob(blobs, _canonical_json({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries}))
+    _update_index(dest, tag, index, media_type=MEDIA_INDEX)
+    (dest / "oci-layout").write_bytes(_canonical_json({"imageLayoutVersion": "1.0.0"}))
+    return dest
+
+
 def manifest_digest(dest: Path, tag: str) -> str:
     """The ``sha256:...`` manifest digest stored for ``tag`` in the layout.
 
@@ -112,10 +136,12 @@ def _gzip(data: bytes) -> bytes:
     return buf.getvalue()
 
 
-def _image_config(layer_tars: Sequence[bytes], created: str | None = None) -> dict[str, Any]:
-    """Image config: linux/amd64, a diff id per layer, a harmless default command."""
+def _image_config(
+    layer_tars: Sequence[bytes], created: str | None = None, architecture: str = "amd64"
+) -> dict[str, Any]:
+    """Image config: linux/``architecture``, a diff id per layer, a harmless default command."""
     config: dict[str, Any] = {
-        "architecture": "amd64",
+        "architecture": architecture,
         "os": "linux",
         "config": {"Cmd": ["/bin/sh"]},
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(tar).hexdigest() for tar in layer_tars]},
@@ -137,14 +163,14 @@ def _write_blob(blobs: Path, data: bytes) -> dict[str, Any]:
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
-def _update_index(dest: Path, tag: str, manifest: Mapping[str, Any]) -> None:
-    """Point ``tag`` at ``manifest`` in index.json, keeping other tags."""
+def _update_index(dest: Path, tag: str, manifest: Mapping[str, Any], media_type: str = MEDIA_MANIFEST) -> None:
+    """Point ``tag`` at ``manifest`` (of ``media_type``) in index.json, keeping other tags."""
     index_path = dest / "index.json"
     entries: list[dict[str, Any]] = []
     if index_path.exists():
         old = json.loads(index_path.read_text())
         entries = [e for e in old["manifests"] if e.get("annotations", {}).get(REF_NAME) != tag]
-    entries.append({"mediaType": MEDIA_MANIFEST, **manifest, "annotations": {REF_NAME: tag}})
+    entries.append({"mediaType": media_type, **manifest, "annotations": {REF_NAME: tag}})
     entries.sort(key=lambda e: e["annotations"][REF_NAME])
     index = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries}
     index_path.write_bytes(_canonical_json(index))

@@ -21,7 +21,9 @@ registry its own root, built under ``workdir``:
 Then ``chroot`` + ``setpriv`` run ``/usr/bin/docker-registry serve
 /etc/docker/registry/config.yml`` with exactly the pod's env plus the image's
 PATH and ``REGISTRY_HTTP_ADDR=<listen_ip>:<port>`` (forced, so it can only
-listen on loopback).
+listen on loopback). :func:`run_container` runs another container of the pod (an init
+container: the garbage collector) in a root built the same way, to its end, with the image's
+``registry`` command on its PATH.
 """
 
 from __future__ import annotations
@@ -65,6 +67,11 @@ health:
 # ENV of the registry:2 image (Alpine base); a pod inherits it.
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REGISTRY_BINARY = "/usr/bin/docker-registry"
+# The registry:2 image has its binary as /bin/registry, and a container's command finds it on
+# the image's PATH as `registry`; the test bed puts that name, for Debian's binary, in
+# /usr/local/bin of the container's root (first on IMAGE_PATH but for /usr/local/sbin).
+IMAGE_REGISTRY_COMMAND = "registry"
+IMAGE_BIN_DIR = "/usr/local/bin"
 CONFIG_PATH = "/etc/docker/registry/config.yml"
 SECRET_MODE = 0o440  # what the program is expected to set as defaultMode
 
@@ -97,6 +104,8 @@ class RunningRegistry:
     run_as_gid: int | None
     proc: subprocess.Popen[bytes] = field(repr=False)
     _ns_id: str | None = field(default=None, repr=False)
+    init_logs: dict[str, str] = field(default_factory=dict)
+    """What each init container of the pod printed before the registry started (by name)."""
 
     @property
     def url(self) -> str:
@@ -161,18 +170,9 @@ def start_registry(
         raise ValueError(f"the registry must listen on loopback, not {listen_ip}")
     require_free_port(listen_ip, port)
     workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    group = fs_group if fs_group is not None else run_as_gid
-    rootfs = _fresh_dir(workdir / "rootfs", 0o755)
-    (workdir / "config.yml").write_text(REGISTRY_IMAGE_DEFAULT_CONFIG)
-    volume_dirs = {path: _prepare_volume(workdir, path, spec, run_as_uid, group) for path, spec in volumes.items()}
-    read_only = {path for path, spec in volumes.items() if isinstance(spec, Mapping)}
-    script = _setup_script(rootfs, workdir / "config.yml", volume_dirs, read_only, read_only_root, writable_tmp)
-    script += "exec chroot {} {} {} serve {}\n".format(
-        shlex.quote(str(rootfs)),
-        " ".join(shlex.quote(a) for a in _setpriv(run_as_uid, run_as_gid, group)),
-        REGISTRY_BINARY,
-        CONFIG_PATH,
+    rootfs, volume_dirs, script = _container_root(
+        workdir, "rootfs", volumes, run_as_uid, run_as_gid, fs_group, read_only_root, writable_tmp,
+        [REGISTRY_BINARY, "serve", CONFIG_PATH],
     )
     (workdir / "setup.sh").write_text(script)
     proc = _spawn(workdir, _container_env(env, listen_ip, port))
@@ -195,6 +195,66 @@ def start_registry(
         error.add_note(f"registry exit status: {proc.returncode}")
         raise
     return reg
+
+
+def run_container(
+    workdir: Path,
+    *,
+    argv: list[str],
+    env: Mapping[str, str],
+    volumes: Mapping[str, Volume],
+    run_as_uid: int | None = None,
+    run_as_gid: int | None = None,
+    fs_group: int | None = None,
+    read_only_root: bool = False,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run one container of the registry's pod to its end (an init container: ``argv`` is its
+    command and arguments), in a root built as :func:`start_registry` builds it, on the same
+    ``workdir``'s volumes (a "pvc" is the one the registry then serves); output in ``stdout``.
+    The image's ``registry`` command is on its PATH (IMAGE_REGISTRY_COMMAND)."""
+    _, _, script = _container_root(
+        workdir.resolve(), "init-rootfs", volumes, run_as_uid, run_as_gid, fs_group, read_only_root, False, argv
+    )
+    (workdir / "init.sh").write_text(script)
+    container_env = {"PATH": IMAGE_PATH, "HOSTNAME": "registry", "HOME": "/root", **env}
+    return subprocess.run(
+        ["/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", str(workdir / "init.sh")],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=container_env,
+        text=True, timeout=timeout, check=False, start_new_session=True,
+    )
+
+
+def _container_root(
+    workdir: Path,
+    rootfs_name: str,
+    volumes: Mapping[str, Volume],
+    run_as_uid: int | None,
+    run_as_gid: int | None,
+    fs_group: int | None,
+    read_only_root: bool,
+    writable_tmp: bool,
+    argv: list[str],
+) -> tuple[Path, dict[str, Path], str]:
+    """The container's root (under ``workdir/rootfs_name``), its volumes' host directories, and
+    the script that builds the root and runs ``argv`` in it as the pod's user. The image's
+    ``registry`` command is in its IMAGE_BIN_DIR."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    group = fs_group if fs_group is not None else run_as_gid
+    rootfs = _fresh_dir(workdir / rootfs_name, 0o755)
+    (workdir / "config.yml").write_text(REGISTRY_IMAGE_DEFAULT_CONFIG)
+    image_bin = _fresh_dir(workdir / f"{rootfs_name}-image-bin", 0o755)
+    (image_bin / IMAGE_REGISTRY_COMMAND).symlink_to(REGISTRY_BINARY)
+    volume_dirs = {path: _prepare_volume(workdir, path, spec, run_as_uid, group) for path, spec in volumes.items()}
+    read_only = {path for path, spec in volumes.items() if isinstance(spec, Mapping)}
+    script = _setup_script(rootfs, workdir / "config.yml", volume_dirs, read_only, read_only_root, writable_tmp,
+                           image_bin=image_bin)
+    script += "exec chroot {} {} {}\n".format(
+        shlex.quote(str(rootfs)),
+        " ".join(shlex.quote(a) for a in _setpriv(run_as_uid, run_as_gid, group)),
+        " ".join(shlex.quote(a) for a in argv),
+    )
+    return rootfs, volume_dirs, script
 
 
 def _container_env(pod_env: Mapping[str, str], listen_ip: str, port: int) -> dict[str, str]:
@@ -328,8 +388,10 @@ def _setup_script(
     read_only: set[str],
     read_only_root: bool,
     writable_tmp: bool,
+    image_bin: Path | None = None,
 ) -> str:
-    """Shell that builds the container root inside the new mount namespace."""
+    """Shell that builds the container root inside the new mount namespace (``image_bin``: what
+    the image has in IMAGE_BIN_DIR)."""
     r = shlex.quote(str(rootfs))
     lines = [
         "set -eu",
@@ -341,6 +403,7 @@ def _setup_script(
         *_bind(Path("/usr"), f"{r}/usr", read_only=True),
         *_bind(Path("/etc"), f"{r}/etc", read_only=True),
         *_bind(config, f"{r}{CONFIG_PATH}", read_only=True),
+        *(_bind(image_bin, f"{r}{IMAGE_BIN_DIR}", read_only=True) if image_bin is not None else []),
         f"mount --rbind /dev {r}/dev",
         f"mount -t proc proc {r}/proc",
     ]

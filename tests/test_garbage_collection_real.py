@@ -1,0 +1,259 @@
+"""Garbage collection for real: the declared init container (distribution 2.8's collector, with
+the program's script) runs on the registry's volume whenever its pod starts, as the kubelet runs
+it, and the real registry then serves what is left.
+
+Each test restarts the registry as the maintenance CronJob does (the pod stops; the new one
+collects, then serves) and measures the volume before and after. A push racing that restart
+either lands whole or fails, and never leaves a broken image.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+from images import LAYER_BYTES, credentials_of, tags_of, unique_layer, volume_bytes
+
+from harness import Evaluation, evaluate
+from pod import registry_pod, start_registry_pod
+from testbed.oci import build_oci_image_index, build_oci_layout, manifest_digest, skopeo_copy
+
+HOSTNAME = "registry.cube.test"
+DATA = "/var/lib/registry"
+INIT = "garbage-collect"
+
+
+def declared_with(ip: str, **config) -> Evaluation:
+    return evaluate({"hostname": HOSTNAME, "loadBalancerIp": ip, **config})
+
+
+class Pusher:
+    """skopeo against one registry pod, with the declared CA and credentials."""
+
+    def __init__(self, declared: Evaluation, ip: str, workdir: Path):
+        self.ip, self.layout, self.pulled = ip, workdir / "layout", workdir / "pulled"
+        self.certs = workdir / "certs"
+        self.certs.mkdir(parents=True, exist_ok=True)
+        (self.certs / "ca.crt").write_text(declared.outputs["caCertificatePem"])
+        self.credentials = credentials_of(declared)
+        self.ca_pem = declared.outputs["caCertificatePem"]
+
+    def push(self, repo: str, tag: str, image: str, *, timeout: float = 120) -> tuple[subprocess.CompletedProcess[bytes], str]:
+        """Push a two-layer image (a shared base and ``image``'s own 512 KiB layer); its digest."""
+        key = f"{repo}-{tag}-{image}".replace(" ", "-")
+        build_oci_layout(self.layout, key, unique_layer(image), base=[unique_layer("shared base")])
+        pushed = skopeo_copy(f"oci:{self.layout}:{key}", f"docker://{self.ip}:5000/{repo}:{tag}",
+                             extra_args=["--dest-cert-dir", str(self.certs), "--dest-creds", self.credentials],
+                             timeout=timeout)
+        return pushed, manifest_digest(self.layout, key)
+
+    def push_index(self, repo: str, tag: str, platforms: dict[str, bytes]) -> str:
+        key = f"{repo}-{tag}"
+        build_oci_image_index(self.layout, key, platforms)
+        pushed = skopeo_copy(f"oci:{self.layout}:{key}", f"docker://{self.ip}:5000/{repo}:{tag}",
+                             extra_args=["--all", "--dest-cert-dir", str(self.certs), "--dest-creds", self.credentials])
+        assert pushed.returncode == 0, pushed.stderr.decode()
+        return manifest_digest(self.layout, key)
+
+    def pull(self, reference: str, *, all_platforms: bool = False) -> subprocess.CompletedProcess[bytes]:
+        """Copy ``repo:tag`` or ``repo@digest`` out; skopeo verifies every blob's digest."""
+        target = reference.replace(":", "-").replace("@", "-")
+        return skopeo_copy(f"docker://{self.ip}:5000/{reference}", f"oci:{self.pulled}:{target}",
+                           extra_args=[*(["--all"] if all_platforms else []),
+                                       "--src-cert-dir", str(self.certs), "--src-creds", self.credentials])
+
+    def pulled_digest(self, reference: str) -> str:
+        return manifest_digest(self.pulled, reference.replace(":", "-").replace("@", "-"))
+
+    def tags(self, repo: str) -> set[str]:
+        return tags_of(self.ip, repo, self.ca_pem, self.credentials)
+
+
+def copy_volume(source: Path, target: Path) -> None:
+    """The volume's files with their owners and modes (as the pod's user wrote them)."""
+    subprocess.run(["cp", "-a", str(source), str(target)], check=True)
+
+
+def pushed_ok(pusher: Pusher, repo: str, tag: str, image: str) -> str:
+    pushed, digest = pusher.push(repo, tag, image)
+    assert pushed.returncode == 0, pushed.stderr.decode()
+    return digest
+
+
+def test_without_retention_the_collector_frees_what_was_deleted_and_keeps_untagged_images(tmp_path):
+    ip = "127.0.0.162"
+    declared = declared_with(ip)
+    pusher = Pusher(declared, ip, tmp_path)
+    with registry_pod(declared, tmp_path / "pod", ip) as registry:
+        assert "nothing is stored yet" in registry.init_logs[INIT]  # a fresh volume: nothing to do
+        replaced = pushed_ok(pusher, "app", "latest", "first build")
+        current = pushed_ok(pusher, "app", "latest", "second build")  # `latest` moves on
+        deleted = pushed_ok(pusher, "app", "old", "old build")
+        removed = subprocess.run(["skopeo", "delete", "--cert-dir", str(pusher.certs), "--creds", pusher.credentials,
+                                  f"docker://{ip}:5000/app@{deleted}"], capture_output=True, text=True, check=False)
+        assert removed.returncode == 0, removed.stderr
+        volume = registry.volume_path(DATA)
+        before = volume_bytes(volume)
+    with registry_pod(declared, tmp_path / "pod", ip) as restarted:
+        after = volume_bytes(volume)
+        log = restarted.init_logs[INIT]
+        assert "eligible for deletion" in log and "manifest eligible for deletion" not in log, log
+        # The deleted image's own layer is gone; the one `latest` left behind stays (no retention).
+        assert LAYER_BYTES <= before - after < 2 * LAYER_BYTES, (before, after, log)
+        for reference, digest in ((f"app@{replaced}", replaced), ("app:latest", current)):
+            assert pusher.pull(reference).returncode == 0
+            assert pusher.pulled_digest(reference) == digest
+        assert pusher.pull(f"app@{deleted}").returncode != 0
+    print(f"\nwithout retention: {before} bytes before, {after} after: {before - after} freed (the deleted image)")
+
+
+def test_with_retention_the_images_a_moved_tag_left_behind_go_too(tmp_path):
+    ip = "127.0.0.163"
+    declared = declared_with(ip, retention={"keepLast": 5})
+    pusher = Pusher(declared, ip, tmp_path)
+    with registry_pod(declared, tmp_path / "pod", ip) as registry:
+        replaced = {pushed_ok(pusher, "app", "latest", f"build {number}") for number in range(3)}
+        current = pushed_ok(pusher, "app", "latest", "build 3")
+        volume = registry.volume_path(DATA)
+        before = volume_bytes(volume)
+    with registry_pod(declared, tmp_path / "pod", ip) as restarted:
+        after = volume_bytes(volume)
+        log = restarted.init_logs[INIT]
+        assert log.count("manifest eligible for deletion") == 3, log
+        # Three untagged images: three own layers (and their configs and manifests) freed.
+        assert 3 * LAYER_BYTES <= before - after < 4 * LAYER_BYTES, (before, after, log)
+        assert pusher.pull("app:latest").returncode == 0
+        assert pusher.pulled_digest("app:latest") == current
+        for digest in replaced:
+            assert pusher.pull(f"app@{digest}").returncode != 0
+    print(f"\nwith retention: {before} bytes before, {after} after: {before - after} freed (3 untagged images)")
+
+
+def test_a_stored_image_index_keeps_every_platform_where_delete_untagged_would_break_it(tmp_path):
+    ip, broken_ip = "127.0.0.164", "127.0.0.165"
+    declared = declared_with(ip, retention={"keepLast": 5})
+    pusher = Pusher(declared, ip, tmp_path)
+    platforms = {"amd64": unique_layer("multi amd64"), "arm64": unique_layer("multi arm64")}
+    with registry_pod(declared, tmp_path / "pod", ip) as registry:
+        index = pusher.push_index("multi", "1.0", platforms)
+        replaced = pushed_ok(pusher, "app", "latest", "first build")
+        pushed_ok(pusher, "app", "latest", "second build")
+        volume = registry.volume_path(DATA)
+        before = volume_bytes(volume)
+    leftover = tmp_path / "volume-before"
+    copy_volume(volume, leftover)
+    with registry_pod(declared, tmp_path / "pod", ip) as restarted:
+        log = restarted.init_logs[INIT]
+        assert "an image index (a multi-platform image) is stored" in log, log
+        assert "manifest eligible for deletion" not in log, log
+        assert volume_bytes(volume) == before
+        pulled = pusher.pull("multi:1.0", all_platforms=True)
+        assert pulled.returncode == 0, pulled.stderr.decode()
+        assert pusher.pulled_digest("multi:1.0") == index
+        assert pusher.pull(f"app@{replaced}").returncode == 0  # kept: no --delete-untagged
+    # What the guard prevents, shown with the real collector: --delete-untagged on the same volume
+    # removes the index's platform manifests, and the multi-platform image no longer pulls.
+    collected = subprocess.run(
+        ["docker-registry", "garbage-collect", "--delete-untagged", "/dev/stdin"],
+        input=f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {leftover}\n",
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert collected.returncode == 0, collected.stderr
+    assert collected.stdout.count("manifest eligible for deletion") == 3, collected.stdout  # 2 platforms + app's
+    without_collection = declared_with(broken_ip, garbageCollection=False)
+    broken = Pusher(without_collection, broken_ip, tmp_path / "broken")
+    with registry_pod(without_collection, tmp_path / "broken-pod", broken_ip) as registry:
+        claim = registry.volume_path(DATA)
+    shutil.rmtree(claim)
+    copy_volume(leftover, claim)
+    with registry_pod(without_collection, tmp_path / "broken-pod", broken_ip) as registry:
+        assert registry.init_logs == {}
+        failed = broken.pull("multi:1.0", all_platforms=True)
+        assert failed.returncode != 0 and b"manifest unknown" in failed.stderr, failed.stderr.decode()
+
+
+def test_a_collector_that_fails_leaves_the_registry_serving(tmp_path):
+    """A manifest the collector cannot read (its blob's bytes damaged: a disk error, a bad copy)
+    stops distribution's collector before it sweeps anything; the registry must still start.
+    (A manifest whose blob is missing altogether does not: 2.8 skips its repository, and then
+    sweeps that image's layers, as it would any blob nothing names.)"""
+    ip = "127.0.0.167"
+    declared = declared_with(ip, retention={"keepLast": 5})
+    pusher = Pusher(declared, ip, tmp_path)
+    with registry_pod(declared, tmp_path / "pod", ip) as registry:
+        kept = pushed_ok(pusher, "app", "1.0", "an intact image")
+        damaged = pushed_ok(pusher, "broken", "1.0", "an image whose manifest gets damaged")
+        volume = registry.volume_path(DATA)
+    hex_digest = damaged.removeprefix("sha256:")
+    (volume / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data").write_bytes(b"{damaged")
+    before = volume_bytes(volume)
+    with registry_pod(declared, tmp_path / "pod", ip) as restarted:
+        log = restarted.init_logs[INIT]
+        assert "failed to garbage collect" in log and "the registry starts anyway" in log, log
+        assert volume_bytes(volume) == before  # nothing swept
+        assert pusher.pull("app:1.0").returncode == 0
+        assert pusher.pulled_digest("app:1.0") == kept
+
+
+def test_a_push_racing_the_maintenance_restart_lands_whole_or_fails_cleanly(tmp_path):
+    ip = "127.0.0.166"
+    declared = declared_with(ip, retention={"keepLast": 50})
+    pusher = Pusher(declared, ip, tmp_path)
+    results: dict[str, tuple[int, str]] = {}  # tag -> (skopeo's exit status, the image's digest)
+    stop = threading.Event()
+
+    def push_until_stopped() -> None:
+        number = 0
+        while not stop.is_set():
+            tag = f"race-{number}"
+            pushed, digest = pusher.push("race", tag, f"racing build {number}", timeout=60)
+            results[tag] = (pushed.returncode, digest)
+            number += 1
+
+    def landed() -> int:
+        return sum(1 for status, _ in list(results.values()) if status == 0)
+
+    def wait_for(count: int) -> None:
+        for _ in range(600):
+            if landed() >= count:
+                return
+            stop.wait(0.1)
+        raise AssertionError(f"fewer than {count} pushes landed: {results}")
+
+    workdir = tmp_path / "pod"
+    registry = start_registry_pod(declared, workdir, ip)
+    pushing = threading.Thread(target=push_until_stopped, daemon=True)
+    try:
+        pushed_ok(pusher, "race", "latest", "before the window")
+        pushed_ok(pusher, "race", "latest", "replaced before the window")  # untagged: collected
+        pushing.start()
+        wait_for(2)
+        registry.stop()  # the kubelet's SIGTERM, mid-push; the new pod collects, then serves
+        with registry_pod(declared, workdir, ip) as registry:
+            wait_for(landed() + 2)
+            stop.set()
+            pushing.join(timeout=120)
+            log = registry.init_logs[INIT]
+            assert "manifest eligible for deletion" in log, log
+            failed = [tag for tag, (status, _) in results.items() if status != 0]
+            assert failed, f"no push met the restart: {results}"
+            stored = pusher.tags("race")
+            for tag, (status, digest) in results.items():
+                if status == 0:
+                    assert tag in stored, tag
+                if tag in stored:  # landed, or finished just as the connection went: whole either way
+                    pulled = pusher.pull(f"race:{tag}")
+                    assert pulled.returncode == 0, (tag, pulled.stderr.decode())
+                    assert pusher.pulled_digest(f"race:{tag}") == digest
+            # A failed push is simply not there: pushed again, it lands.
+            retried, digest = pusher.push("race", failed[0], f"racing build {failed[0].split('-')[1]}")
+            assert retried.returncode == 0, retried.stderr.decode()
+            assert pusher.pull(f"race:{failed[0]}").returncode == 0
+            assert pusher.pulled_digest(f"race:{failed[0]}") == digest
+            print(f"\nracing pushes: {len(results) - len(failed)} landed, {len(failed)} failed during the restart")
+    finally:
+        stop.set()
+        registry.stop()
+
