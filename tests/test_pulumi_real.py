@@ -371,8 +371,16 @@ def test_the_cluster_holds_every_object_under_restricted_pod_security(first_up, 
     assert [ingress.ip for ingress in service.status.load_balancer.ingress] == [REGISTRY_IP]
     secrets = {secret.type for secret in core.list_namespaced_secret(NAMESPACE).items}
     assert secrets == {"kubernetes.io/tls", "Opaque"}
-    (policy,) = networking.list_namespaced_network_policy(NAMESPACE).items
-    assert policy.spec.pod_selector.match_labels == deployment.spec.selector.match_labels
+    policies = {policy.metadata.name: policy for policy in networking.list_namespaced_network_policy(NAMESPACE).items}
+    assert set(policies) == {"registry", "registry-maintenance"}
+    assert policies["registry"].spec.pod_selector.match_labels == deployment.spec.selector.match_labels
+    # The maintenance job's pods pass the restricted level too: a pod of its template is admitted
+    # (a dry run: the admission runs, nothing is created).
+    batch: Any = client.BatchV1Api(api)
+    (cron_job,) = batch.list_namespaced_cron_job(NAMESPACE).items
+    template = api.sanitize_for_serialization(cron_job.spec.job_template.spec.template)
+    core.create_namespaced_pod(NAMESPACE, {"metadata": {"name": "maintenance-dry-run", **template["metadata"]},
+                                           "spec": template["spec"]}, dry_run="All")
     # The restricted level is enforced, not only labelled: a root pod is refused.
     with pytest.raises(client.exceptions.ApiException) as refused:
         core.create_namespaced_pod(NAMESPACE, {"metadata": {"name": "root"}, "spec": {
