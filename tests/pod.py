@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+import shlex
+import shutil
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +202,50 @@ def registry_pod(
         yield running
     finally:
         running.stop()
+
+
+def run_job_container(
+    workdir: Path,
+    *,
+    pod: Mapping[str, Any],
+    args: Sequence[str],
+    files: Mapping[str, tuple[bytes | Path, int]],
+    fresh_dirs: Sequence[str],
+    env: Mapping[str, str],
+    timeout: float,
+) -> subprocess.CompletedProcess[str]:
+    """A job pod's container as the kubelet runs it here, in a mount namespace: each of
+    ``fresh_dirs`` is an empty tmpfs of the pod's own (/etc, /run, an emptyDir at /tmp), and each
+    of ``files`` (path -> content, or the path of a file: mode after a ``:`` in the key, e.g.
+    ``/run/image/kubectl:755``; 644 by default) is in one of them, owned by root and the pod's
+    fsGroup, as a volume's files are. The first ``args`` (the image's entrypoint, one of
+    ``files``) runs as the pod's user, with the fsGroup as its group when there is one, and
+    ``env``. /var/run is /run."""
+    security = pod["securityContext"]
+    group = security.get("fsGroup")
+    staged = workdir / "staged"
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    # A fresh dir that would hide the staged files (a /tmp over the workdir) is mounted after the copies.
+    hiding = [d for d in fresh_dirs if staged.resolve().is_relative_to(d)]
+    commands = ["set -eu", *(f"mount -t tmpfs -o mode={'1777' if d == '/tmp' else '755'} tmpfs {d}"
+                             for d in fresh_dirs if d not in hiding)]
+    for index, (path, (content, mode)) in enumerate(files.items()):
+        target = path.replace("/var/run/", "/run/", 1)
+        if not any(Path(target).is_relative_to(d) for d in fresh_dirs if d not in hiding):
+            raise AssertionError(f"{target} is in none of the pod's own directories {fresh_dirs}")
+        staged_file = staged / str(index)
+        if isinstance(content, Path):
+            shutil.copy(content, staged_file)
+        else:
+            staged_file.write_bytes(content)
+        commands += [f"mkdir -p {shlex.quote(str(Path(target).parent))}",
+                     f"cp {shlex.quote(str(staged_file))} {shlex.quote(target)}",
+                     f"chown 0:{group or 0} {shlex.quote(target)}",
+                     f"chmod {mode:o} {shlex.quote(target)}"]
+    commands += [f"mount -t tmpfs -o mode={'1777' if d == '/tmp' else '755'} tmpfs {d}" for d in hiding]
+    groups = f"--groups={group}" if group is not None else "--clear-groups"
+    commands.append(f"exec setpriv --reuid={security['runAsUser']} --regid={security['runAsGroup']} {groups} "
+                    + " ".join(shlex.quote(arg) for arg in args))
+    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(commands)],
+                          env=dict(env), capture_output=True, text=True, timeout=timeout, check=False)

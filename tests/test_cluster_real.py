@@ -12,8 +12,6 @@ restart, run by the real kubectl with its ServiceAccount's token.
 
 from __future__ import annotations
 
-import shlex
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +21,7 @@ import kubernetes_validate
 import pytest
 from kubernetes import client
 
+from pod import run_job_container
 from pulumi_real import RealStack, toolchain_dir
 from test_manifest_scan import ALLOWED_SKIPS, checks, scan
 from test_manifests_schema import KUBERNETES_VERSIONS
@@ -221,7 +220,8 @@ def test_monitoring_objects_are_accepted_by_the_operators_schemas_and_go_with_de
 
 # ------------------------------------------------------------------ the maintenance restart
 
-SERVICE_ACCOUNT_DIR = "/run/secrets/kubernetes.io/serviceaccount"  # /var/run is /run
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+KUBECTL_PATH = "/run/image/kubectl"  # the image's entrypoint, this release built from source
 
 
 def run_as_job_pod(kube_cluster, pod: dict[str, Any], token: str, namespace: str, workdir: Path,
@@ -232,30 +232,16 @@ def run_as_job_pod(kube_cluster, pod: dict[str, Any], token: str, namespace: str
     the namespace at the standard path, and KUBERNETES_SERVICE_HOST/PORT (here: the test API
     server's address, for the kubernetes Service's). Its emptyDir is a fresh /tmp."""
     (container,) = pod["containers"]
-    security = pod["securityContext"]
-    workdir.mkdir(parents=True, exist_ok=True)
-    files = {"token": token.encode(), "ca.crt": kube_cluster.api.ca_pem, "namespace": namespace.encode()}
-    for name, data in files.items():
-        (workdir / name).write_bytes(data)
-    binary = workdir / "kubectl"
-    shutil.copy(toolchain_dir() / "kubectl", binary)
-    for path in (workdir, binary):
-        path.chmod(0o755)
-    # Staged from the workdir (under /tmp) before the pod's own /tmp hides it.
-    image_binary = "/run/image/kubectl"
-    commands = ["set -eu", "mount -t tmpfs -o mode=755 tmpfs /run", f"mkdir -p {SERVICE_ACCOUNT_DIR} /run/image",
-                f"cp {shlex.quote(str(binary))} {image_binary}"]
-    commands += [f"cp {shlex.quote(str(workdir / name))} {SERVICE_ACCOUNT_DIR}/{name} && chmod 644 {SERVICE_ACCOUNT_DIR}/{name}"
-                 for name in files]
-    commands.append("mount -t tmpfs -o mode=1777 tmpfs /tmp")
-    argv = [image_binary, *(container["args"] if args is None else args)]
-    commands.append(f"exec setpriv --reuid={security['runAsUser']} --regid={security['runAsGroup']} --clear-groups "
-                    + " ".join(shlex.quote(arg) for arg in argv))
+    files: dict[str, tuple[bytes | Path, int]] = {
+        f"{SERVICE_ACCOUNT_DIR}/{name}": (data, 0o644)
+        for name, data in (("token", token.encode()), ("ca.crt", kube_cluster.api.ca_pem), ("namespace", namespace.encode()))
+    }
+    files[KUBECTL_PATH] = (toolchain_dir() / "kubectl", 0o755)
     env = {"PATH": "/usr/bin:/bin", "HOME": "/",
            "KUBERNETES_SERVICE_HOST": kube_cluster.api.ip, "KUBERNETES_SERVICE_PORT": str(API_PORT),
            **{item["name"]: item["value"] for item in container.get("env", [])}}
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(commands)],
-                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    return run_job_container(workdir, pod=pod, args=[KUBECTL_PATH, *(container["args"] if args is None else args)],
+                             files=files, fresh_dirs=["/run", "/tmp"], env=env, timeout=120)
 
 
 def test_the_maintenance_job_restarts_the_registry_with_its_token_and_may_do_nothing_else(tmp_path, kube_cluster):

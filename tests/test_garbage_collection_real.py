@@ -14,9 +14,8 @@ import subprocess
 import threading
 from pathlib import Path
 
-from images import LAYER_BYTES, credentials_of, tags_of, unique_layer, volume_bytes
-
 from harness import Evaluation, evaluate
+from images import LAYER_BYTES, credentials_of, tags_of, unique_layer, volume_bytes
 from pod import registry_pod, start_registry_pod
 from testbed.oci import build_oci_image_index, build_oci_layout, manifest_digest, skopeo_copy
 

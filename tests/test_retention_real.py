@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import shlex
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from images import LAYER_BYTES, credentials_of, tags_of, unique_layer, volume_bytes
 
 from harness import Evaluation, evaluate
-from pod import _secret_files, registry_pod
+from images import LAYER_BYTES, credentials_of, tags_of, unique_layer, volume_bytes
+from pod import _secret_files, registry_pod, run_job_container
 from pulumi_real import toolchain_dir
 from testbed.oci import build_oci_layout, manifest_digest, skopeo_copy
 
@@ -32,10 +29,10 @@ REGISTRY_IP = "127.0.0.160"
 DRY_RUN_IP = "127.0.0.161"
 RETENTION = {"keepLast": 1, "keepDays": 10, "protect": ["latest", "v[0-9]*"]}
 CONFIG = {"hostname": HOSTNAME, "loadBalancerIp": REGISTRY_IP, "retention": RETENTION}
-CRON_JOB = "kubernetes:batch/v1:CronJob"
 RETENTION_JOB = "registry-retention-cron-job"
 CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
 DATA = "/var/lib/registry"
+REGBOT_PATH = "/run/image/regbot"
 
 
 def days_ago(days: int) -> str:
@@ -93,13 +90,10 @@ def run_job(evaluation: Evaluation, workdir: Path) -> subprocess.CompletedProces
     path with the mode the kubelet gives it and the pod's fsGroup, the user is the pod's."""
     pod = evaluation.named(RETENTION_JOB).inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     container = job_container(evaluation)
-    security = pod["securityContext"]
-    staged = workdir / "staged"
-    shutil.rmtree(staged, ignore_errors=True)
     # kubelet's hosts file for a pod with hostAliases (pkg/kubelet/kubelet_pods.go, hostsEntriesFromHostAliases).
     hosts = ["# Kubernetes-managed hosts file.", "127.0.0.1\tlocalhost", "# Entries added by HostAliases."]
     hosts += [f"{alias['ip']}\t{' '.join(alias['hostnames'])}" for alias in pod["hostAliases"]]
-    files = {"/etc/hosts": (("\n".join(hosts) + "\n").encode(), 0o644)}
+    files: dict[str, tuple[bytes | Path, int]] = {"/etc/hosts": (("\n".join(hosts) + "\n").encode(), 0o644)}
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     for mount in container["volumeMounts"]:
         volume = volumes[mount["name"]]
@@ -113,26 +107,11 @@ def run_job(evaluation: Evaluation, workdir: Path) -> subprocess.CompletedProces
             mode = volume["secret"]["defaultMode"]
         for key, data in content.items():
             files[f"{mount['mountPath']}/{key}"] = (data, mode)
-    commands = ["set -eu", "mount -t tmpfs -o mode=755 tmpfs /etc", "mount -t tmpfs -o mode=755 tmpfs /run"]
-    for index, (target, (data, mode)) in enumerate(files.items()):
-        staged_file = staged / str(index)
-        staged_file.parent.mkdir(parents=True, exist_ok=True)
-        staged_file.write_bytes(data)
-        real_target = target.replace("/var/run/", "/run/", 1)
-        commands += [f"mkdir -p {shlex.quote(str(Path(real_target).parent))}",
-                     f"cp {shlex.quote(str(staged_file))} {shlex.quote(real_target)}",
-                     f"chown 0:{security.get('fsGroup', 0)} {shlex.quote(real_target)}",
-                     f"chmod {mode:o} {shlex.quote(real_target)}"]
-    binary = workdir / "regbot"
-    shutil.copy(toolchain_dir() / "regbot", binary)  # the image's entrypoint, where its user can run it
-    os.chmod(workdir, 0o755)
-    os.chmod(binary, 0o755)
-    groups = f"--groups={security['fsGroup']}" if "fsGroup" in security else "--clear-groups"
-    commands.append(f"exec setpriv --reuid={security['runAsUser']} --regid={security['runAsGroup']} {groups} "
-                    f"{shlex.quote(str(binary))} " + " ".join(shlex.quote(arg) for arg in container["args"]))
+    # regbot, the image's entrypoint, from the release the image carries.
+    files[REGBOT_PATH] = (toolchain_dir() / "regbot", 0o755)
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/"} | {item["name"]: item["value"] for item in container["env"]}
-    return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(commands)],
-                          env=env, capture_output=True, text=True, timeout=300, check=False)
+    return run_job_container(workdir, pod=pod, args=[REGBOT_PATH, *container["args"]], files=files,
+                             fresh_dirs=["/etc", "/run"], env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")

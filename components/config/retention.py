@@ -22,6 +22,8 @@ RETENTION_KEYS = ("keepLast", "keepDays", "protect", "schedule", "timeZone", "dr
 
 # A tag is [A-Za-z0-9_][A-Za-z0-9_.-]{0,127} (distribution/reference); a glob adds * ? [ ] ! to it.
 _TAG_GLOB = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]{1,128}$")
+
+
 def parse_retention(_key: str, value: Any) -> RetentionSettings:
     if not isinstance(value, dict):
         fail('must be an object, e.g. {"keepLast": 10, "protect": ["latest"]}')
