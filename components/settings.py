@@ -22,7 +22,10 @@ DEFAULT_CA_VALIDITY_DAYS = 3650
 DEFAULT_AUTH_USERNAME = "registry"
 DEFAULT_KEY_ALGORITHM = "RSA"
 # Pinned: a new registry release should be a reviewed change, not a surprise at pod restart.
-DEFAULT_IMAGE = "registry:2.8.3"
+# The newest 3.x docker-library's official-images file lists for library/registry ("Tags: 3.1.1,
+# 3.1, 3, latest"; built for amd64, arm64v8, arm32v6, arm32v7 and more); the tests run the same
+# release, built from its module by scripts/toolchain (toolchain/pins: registry).
+DEFAULT_IMAGE = "registry:3.1.1"
 DEFAULT_SSH_PORT = 22
 DEFAULT_SSH_USER = "root"
 # How long a restarted k3s may take to be active again (and, on a server, to answer on the API)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import Evaluation
-from testbed.registry import HostDir, RunningRegistry, run_container, start_registry
+from testbed.registry import HostDir, RunningRegistry, image_for, run_container, start_registry
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SECRET = "kubernetes:core/v1:Secret"
@@ -127,8 +127,11 @@ def registry_pod_settings(
     ``claims``: existing claims the Deployment mounts (claim name -> host directory)."""
     pod = _deployment(evaluation, deployment).inputs["spec"]["template"]["spec"]
     (container,) = pod["containers"]
+    assert "command" not in container, "the registry container runs its image's entrypoint"
     return {
         **_container_settings(evaluation, pod, container, claims or {}),
+        "image": image_for(container["image"]),
+        "args": container.get("args", []),
         # Only the volumes the Deployment declares are writable (its emptyDir at /tmp included).
         "writable_tmp": False,
         "container_port": container["ports"][0]["containerPort"],
@@ -146,7 +149,8 @@ def run_init_containers(
     logs = {}
     for container in pod.get("initContainers", []):
         settings = _container_settings(evaluation, pod, container, claims or {})
-        ran = run_container(workdir, argv=[*container.get("command", []), *container.get("args", [])], **settings)
+        ran = run_container(workdir, argv=[*container.get("command", []), *container.get("args", [])],
+                            image=image_for(container["image"]), **settings)
         logs[container["name"]] = ran.stdout
         if ran.returncode != 0:
             raise AssertionError(f"init container {container['name']} exited {ran.returncode}:\n{ran.stdout}")
@@ -163,11 +167,13 @@ def start_registry_pod(
     timeout: float = 10.0,
     port: int | None = None,
     extra_files: Mapping[str, Mapping[str, bytes]] | None = None,
+    hosts: Mapping[str, str] | None = None,
 ) -> RunningRegistry:
     """``env_overrides``: what the test changes in the pod's environment, stated by the test.
     ``port``: listen there instead of the container port (a Service's port, which kube-proxy
     would forward to the container port). ``extra_files``: mount path -> files, read-only,
-    that the test adds to the container (a CA bundle for a stand-in upstream)."""
+    that the test adds to the container (a CA bundle for a stand-in upstream). ``hosts``: names the
+    container resolves (a stand-in upstream's), as the cluster's DNS would."""
     init_logs = run_init_containers(evaluation, workdir, claims, deployment)
     settings = registry_pod_settings(evaluation, claims, deployment)
     container_port = settings.pop("container_port")
@@ -176,9 +182,10 @@ def start_registry_pod(
     env = {**settings.pop("env"), **(env_overrides or {})}
     # A pod listens on all of its own addresses; here the "pod" shares the loopback network.
     env["REGISTRY_HTTP_ADDR"] = f"{listen_ip}:{port}"
-    if "REGISTRY_HTTP_DEBUG_ADDR" in env:  # the debug server (metrics) too, on its declared port
+    if env.get("REGISTRY_HTTP_DEBUG_ADDR"):  # the debug server (metrics) too, on its declared port
         env["REGISTRY_HTTP_DEBUG_ADDR"] = f"{listen_ip}:{env['REGISTRY_HTTP_DEBUG_ADDR'].rsplit(':', 1)[1]}"
-    running = start_registry(workdir, listen_ip=listen_ip, port=port, env=env, timeout=timeout, **settings)
+    running = start_registry(workdir, listen_ip=listen_ip, port=port, env=env, timeout=timeout, hosts=hosts,
+                             **settings)
     running.init_logs = init_logs
     return running
 
@@ -193,10 +200,12 @@ def registry_pod(
     env_overrides: Mapping[str, str] | None = None,
     port: int | None = None,
     extra_files: Mapping[str, Mapping[str, bytes]] | None = None,
+    hosts: Mapping[str, str] | None = None,
 ) -> Iterator[RunningRegistry]:
     """The registry pod for the length of a ``with`` block (a fixture's lifetime)."""
     running = start_registry_pod(
-        evaluation, workdir, listen_ip, claims, deployment, env_overrides, port=port, extra_files=extra_files
+        evaluation, workdir, listen_ip, claims, deployment, env_overrides, port=port, extra_files=extra_files,
+        hosts=hosts,
     )
     try:
         yield running

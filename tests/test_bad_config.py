@@ -184,8 +184,6 @@ MISTAKES = [
             "mirrors", ("caches 'ghcr.io' and 'quay.io' both use port 5010",)),
     Mistake("mirrors-username-without-password", {"mirrors": [{"upstream": "docker.io", "username": "me"}]}, "mirrors",
             ("give both username and password",)),
-    Mistake("mirrors-ttl-on-registry-2", {"mirrors": [{"upstream": "docker.io", "ttl": "720h"}]}, "mirrors",
-            ("ttl needs registry 3",)),
     Mistake("mirrors-ttl-in-days", {"mirrors": [{"upstream": "docker.io", "ttl": "7d"}], "image": "registry:3.0.0"},
             "mirrors", ("is not a duration",)),
     Mistake("mirrors-size-in-gb", {"mirrors": [{"upstream": "quay.io", "storageSize": "10GB"}]}, "mirrors",
@@ -229,7 +227,16 @@ MISTAKES = [
     Mistake("image-with-space-after-colon", {"image": "registry: 2.8.3"}, "image", ("is not an image reference",)),
     Mistake("image-docker-run-line", {"image": "docker pull registry:2.8.3"}, "image", ("is not an image reference",)),
     # The message asks for "a name with a tag" and the README promises a pinned image.
-    Mistake("image-without-tag", {"image": "registry"}, "image", ("use a name with a tag",)),
+    Mistake("image-without-tag", {"image": "registry"}, "image", ("use a name with a tag, like registry:3.1.1",)),
+    # distribution 2.8: end of life, and its collector deletes an index's platform manifests.
+    Mistake("image-registry-2.8.3", {"image": "registry:2.8.3"}, "image", ((
+        "registry:2.8.3 is distribution 2, which docker-library no longer builds and whose garbage collector "
+        "deletes the platform images of a multi-platform image; the program runs distribution 3. Remove image "
+        "to use the default registry:3.1.1 (pulumi config rm image), or name a 3.x tag of your mirror of it. "
+        "The volume's images are kept: distribution 3 serves what 2.8 stored"),)),
+    Mistake("image-registry-2", {"image": "registry:2"}, "image", ("registry:2 is distribution 2",)),
+    Mistake("image-mirrored-2.8", {"image": "mirror.cube.local:5000/library/registry:2.8.2@sha256:" + "a" * 64},
+            "image", ("is distribution 2,",)),
     # nodes: the list itself
     Mistake("nodes-a-single-object-not-a-list", {"nodes": CUBE}, "nodes", ("must be a list of nodes",)),
     Mistake("nodes-a-comma-separated-string", {"nodes": "control01,cube01"}, "nodes", ("is not valid JSON",)),

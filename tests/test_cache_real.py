@@ -1,11 +1,14 @@
-"""A pull-through cache with the real registry (distribution 2.8 in proxy mode), started from
+"""A pull-through cache with the real registry (distribution 3.1.1 in proxy mode), started from
 exactly what the program declares for it.
 
 The stand-in upstream plays docker.io: a second real registry on its own loopback address with
 its own CA, holding ``library/hello:1.0``, behind a token server (Docker Hub's auth scheme) that
 grants tokens only to one user (like an authenticated Docker Hub or a quay.io robot account).
-distribution 2.8 hands its upstream credentials only to a token realm (see
-testbed/token_auth.py), which is what public registries use. The cache runs from its captured Deployment, the TLS and htpasswd
+distribution hands its upstream credentials only to a token realm, and since 3.1 only to one
+under the upstream's own registrable domain (see testbed/token_auth.py), which is what public
+registries use: the stand-in is ``registry-1.upstream.test`` with its realm at
+``auth.upstream.test``, names the cache's container resolves to the stand-in's address as the
+cluster's DNS resolves docker.io's. The cache runs from its captured Deployment, the TLS and htpasswd
 Secrets it mounts and the upstream Secret its secretKeyRefs name (resolved as the kubelet
 would). The test changes exactly two things in its environment, both about where the upstream
 is: ``REGISTRY_PROXY_REMOTEURL`` points at the stand-in instead of registry-1.docker.io, and
@@ -37,6 +40,11 @@ from testbed.token_auth import TokenServer
 HOSTNAME = "registry.cache.test"
 CACHE_IP = "127.0.0.221"
 UPSTREAM_IP = "127.0.0.222"
+# Docker Hub's layout: the registry and its token service under one registrable domain
+# (registry-1.docker.io, auth.docker.io); distribution 3.1 hands the upstream credentials to no
+# realm outside it (registry/proxy/proxyauth.go, realmAllowed).
+UPSTREAM_NAME, AUTH_NAME = "registry-1.upstream.test", "auth.upstream.test"
+PUSHER_IP = "127.0.0.227"
 LAPTOP_IP = "127.0.0.223"
 UPSTREAM_USER, UPSTREAM_PASSWORD = "robot", "upstream-Pa55word-for-the-cache"
 CONFIG = {
@@ -71,14 +79,14 @@ def credentials(declared):
 
 @pytest.fixture(scope="module")
 def upstream_ca():
-    return self_signed_cert("upstream.test", ip_addresses=[UPSTREAM_IP])
+    return self_signed_cert("upstream.test", dns_names=[UPSTREAM_NAME, AUTH_NAME], ip_addresses=[UPSTREAM_IP])
 
 
 @pytest.fixture(scope="module")
 def token_server(upstream_ca, tmp_path_factory):
     """The stand-in's auth service: a token only for the cache's upstream user."""
     server = TokenServer(UPSTREAM_IP, 5443, upstream_ca, tmp_path_factory.mktemp("token"),
-                         username=UPSTREAM_USER, password=UPSTREAM_PASSWORD)
+                         username=UPSTREAM_USER, password=UPSTREAM_PASSWORD, realm_host=AUTH_NAME)
     yield server
     server.stop()
 
@@ -93,13 +101,26 @@ def upstream(upstream_ca, token_server, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def upstream_digest(upstream, upstream_ca, tmp_path_factory):
+def publisher(upstream, client_key, tmp_path_factory):
+    """Whoever publishes to the stand-in docker.io: a machine that resolves its names."""
+    node = start_node(
+        "publisher", PUSHER_IP, tmp_path_factory.mktemp("publisher"),
+        hosts_content=f"127.0.0.1 localhost publisher\n{UPSTREAM_IP} {UPSTREAM_NAME} {AUTH_NAME}\n".encode(),
+        authorized_pubkey=client_key.public_key_line,
+    )
+    yield node
+    node.stop()
+
+
+@pytest.fixture(scope="module")
+def upstream_digest(upstream, upstream_ca, publisher, tmp_path_factory):
     directory = tmp_path_factory.mktemp("upstream-certs")
     (directory / "ca.crt").write_bytes(upstream_ca.cert_pem)
     layout = build_oci_layout(tmp_path_factory.mktemp("image") / "hello", "1.0", b"hello through the cache\n")
     pushed = skopeo_copy(
-        f"oci:{layout}:1.0", f"docker://{UPSTREAM_IP}:{UPSTREAM_PORT}/{IMAGE}",
+        f"oci:{layout}:1.0", f"docker://{UPSTREAM_NAME}:{UPSTREAM_PORT}/{IMAGE}",
         extra_args=["--dest-cert-dir", str(directory), "--dest-creds", f"{UPSTREAM_USER}:{UPSTREAM_PASSWORD}"],
+        run=publisher.run_local,
     )
     assert pushed.returncode == 0, pushed.stderr.decode() + upstream.log()
     return manifest_digest(layout, "1.0")
@@ -107,7 +128,7 @@ def upstream_digest(upstream, upstream_ca, tmp_path_factory):
 
 def cache_overrides(upstream_ca) -> dict[str, Any]:
     """The only changes to the declared pod: where the upstream is and its CA."""
-    return pointed_at_upstream(UPSTREAM_IP, upstream_ca.cert_pem)
+    return pointed_at_upstream(UPSTREAM_IP, upstream_ca.cert_pem, names=(UPSTREAM_NAME, AUTH_NAME))
 
 
 @pytest.fixture(scope="module")
@@ -164,11 +185,11 @@ def test_the_upstream_credentials_reach_the_cache_only_through_the_secret(declar
     assert overridden & {item["name"] for item in env} == {"REGISTRY_PROXY_REMOTEURL"}
 
 
-def test_the_upstream_refuses_anonymous_pulls(upstream, upstream_digest, upstream_ca, tmp_path):
+def test_the_upstream_refuses_anonymous_pulls(upstream, upstream_digest, upstream_ca, publisher, tmp_path):
     """Guards the pulls below: the cache gets the image only with the Secret's credentials."""
     (tmp_path / "ca.crt").write_bytes(upstream_ca.cert_pem)
-    inspected = skopeo_copy(f"docker://{UPSTREAM_IP}:{UPSTREAM_PORT}/{IMAGE}", f"oci:{tmp_path / 'copy'}:1.0",
-                            extra_args=["--src-cert-dir", str(tmp_path)])
+    inspected = skopeo_copy(f"docker://{UPSTREAM_NAME}:{UPSTREAM_PORT}/{IMAGE}", f"oci:{tmp_path / 'copy'}:1.0",
+                            extra_args=["--src-cert-dir", str(tmp_path)], run=publisher.run_local)
     assert inspected.returncode != 0 and b"authentication required" in inspected.stderr, inspected.stderr
 
 
@@ -229,7 +250,7 @@ def test_expired_content_leaves_the_cache_and_is_pulled_again(
 ):
     """A cache's ttl is a delete: distribution's scheduler deletes what expired through the local
     store, which needs storage.delete.enabled. Here the scheduler's own state file is given an
-    expiry in the past while the cache is stopped (2.8 keeps content 168 h and takes no ttl), so
+    expiry in the past while the cache is stopped (no ttl is set: the default 168 h), so
     the restarted cache expires everything at once: the blobs are gone from its volume, and the
     next pull fetches them from the upstream again."""
     ip, client_ip = "127.0.0.225", "127.0.0.226"
@@ -302,8 +323,9 @@ def test_with_the_upstream_stopped_the_cached_image_still_pulls(
 
 
 def test_a_cache_started_while_the_upstream_is_down_exits(declared, upstream, upstream_ca, cache_port, tmp_path):
-    """distribution 2.8 asks the upstream for its auth challenge at start and panics when it cannot
-    reach it: the pod crash-loops until the upstream is back (k3s then pulls from the upstream)."""
+    """distribution (2.8 and 3.1.1 alike) asks the upstream for its auth challenge at start and
+    panics when it cannot reach it: the pod crash-loops until the upstream is back (k3s then pulls
+    from the upstream)."""
     upstream.stop()
     started = time.monotonic()
     with pytest.raises(RuntimeError, match="process died before") as failure:

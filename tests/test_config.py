@@ -9,6 +9,7 @@ from components.config import KNOWN_KEYS, ConfigError, parse_settings
 from components.settings import DEFAULT_IMAGE
 
 from harness import GUIDE_CONFIG, PROJECT_DIR, ProgramFailed, evaluate
+from pulumi_real import pins
 
 REQUIRED = {"hostname": "registry.cube.local", "loadBalancerIp": "192.168.0.202"}
 
@@ -35,7 +36,8 @@ def test_defaults_match_the_documented_table():
         "15Gi",
     )
     assert registry.node_selector == ()
-    assert registry.image == DEFAULT_IMAGE and DEFAULT_IMAGE.startswith("registry:2.8.")
+    # The default is the release the tests run (scripts/toolchain builds toolchain/pins' registry).
+    assert registry.image == DEFAULT_IMAGE == "registry:" + pins()["registry"]
     assert registry.certificate.validity_days == 365
     assert registry.certificate.renewal_days == 30
     assert registry.certificate.ca_validity_days == 3650
@@ -84,6 +86,12 @@ def test_a_cache_password_is_never_shown():
 def test_ttl_is_accepted_with_a_registry_3_image():
     settings = parse_settings(raw(image="registry:3.0.0", mirrors=[{"upstream": "docker.io", "ttl": "720h"}]))
     assert settings.registry.mirrors[0].ttl == "720h"
+
+
+@pytest.mark.parametrize("image", ["registry:3", "registry:latest", "registry@sha256:" + "b" * 64,
+                                   "mirror.cube.local:5000/library/registry:3.1.1", "registry:3.1.1-alpine"])
+def test_an_image_of_distribution_3_or_of_no_named_release_is_taken(image):
+    assert parse_settings(raw(image=image)).registry.image == image
 
 
 def test_the_guides_cluster_is_read_from_the_dev_stack_file():

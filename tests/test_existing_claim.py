@@ -35,7 +35,7 @@ from test_manifest_scan import (
     write_manifests,
 )
 from test_manifests_schema import KUBERNETES_VERSIONS
-from testbed.registry import REGISTRY_IMAGE_DEFAULT_CONFIG
+from testbed.registry import REGISTRY_2_IMAGE_CONFIG
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 CLAIM = "kubernetes:core/v1:PersistentVolumeClaim"
@@ -103,7 +103,7 @@ def test_the_claim_is_mounted_where_the_guides_registry_kept_its_images(existing
     guide_mount = next(m for m in guide_container["volumeMounts"] if m["name"] == guide_volume["name"])
     guide_env = {item["name"]: item["value"] for item in guide_container["env"]}
     assert "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY" not in guide_env
-    guide_root = yaml.safe_load(REGISTRY_IMAGE_DEFAULT_CONFIG)["storage"]["filesystem"]["rootdirectory"]
+    guide_root = yaml.safe_load(REGISTRY_2_IMAGE_CONFIG)["storage"]["filesystem"]["rootdirectory"]
     assert guide_mount["mountPath"] == guide_root, "the guide's images are at the root of its mount"
 
     (container,) = pod_spec(existing)["containers"]

@@ -31,7 +31,7 @@ from harness import evaluate
 from pod import kubelet_sub_path, registry_pod, registry_pod_settings
 from testbed.certs import self_signed_cert
 from testbed.oci import build_oci_layout, manifest_digest, skopeo_copy
-from testbed.registry import HostDir, apply_fs_group, start_registry
+from testbed.registry import HostDir, apply_fs_group, image_for, start_registry
 from testbed.sshnodes import start_node
 
 GUIDE_CLAIM = "longhorn-docker-registry-pvc"
@@ -107,7 +107,8 @@ def start_guide_registry(workdir: Path, claim: Path, tls_files: dict[str, bytes]
             volumes[mount["mountPath"]] = HostDir(kubelet_sub_path(claim, mount.get("subPath", "")))
     port = container["ports"][0]["containerPort"]
     env = {item["name"]: item["value"] for item in container["env"]}
-    return start_registry(workdir, listen_ip=GUIDE_IP, port=port, env=env, volumes=volumes)
+    return start_registry(workdir, listen_ip=GUIDE_IP, port=port, env=env, volumes=volumes,
+                          image=image_for(container["image"]))
 
 
 @pytest.fixture(scope="module")

@@ -179,8 +179,25 @@ def test_clients_with_the_credentials_may_delete_unless_deleting_is_off(guide):
     assert env["REGISTRY_STORAGE_DELETE_ENABLED"] == "true"
     kept = evaluate({**GUIDE_CONFIG, "deleteEnabled": "false"})
     (kept_container,) = kept.named("registry-deployment").inputs["spec"]["template"]["spec"]["containers"]
-    names = {item["name"] for item in kept_container["env"]}
-    assert "REGISTRY_STORAGE_DELETE_ENABLED" not in names
+    kept_env = {item["name"]: item["value"] for item in kept_container["env"]}
+    # Said, not left out: the registry:3 image's own config.yml turns deletes on.
+    assert kept_env["REGISTRY_STORAGE_DELETE_ENABLED"] == "false"
+
+
+def test_what_the_registry_3_images_config_opens_is_closed_unless_asked_for(guide):
+    """The image's config.yml logs at debug level and opens a debug server with metrics on :5001;
+    its Dockerfile exports no traces. The pod says each, so any build of the image does the same."""
+    env = {item["name"]: item["value"] for item in container(guide)["env"]}
+    assert (env["REGISTRY_HTTP_DEBUG_ADDR"], env["REGISTRY_LOG_LEVEL"], env["OTEL_TRACES_EXPORTER"]) == ("", "info", "none")
+    monitored = evaluate({**GUIDE_CONFIG, "monitoring": "true"})
+    (monitored_container,) = monitored.named("registry-deployment").inputs["spec"]["template"]["spec"]["containers"]
+    monitored_env = [(item["name"], item["value"]) for item in monitored_container["env"]]
+    debug = [value for name, value in monitored_env if name == "REGISTRY_HTTP_DEBUG_ADDR"]
+    assert debug == [":5001"], "one debug address: the metrics port"
+    for cache in evaluate({**GUIDE_CONFIG, "mirrors": [{"upstream": "docker.io"}]}).of_type(DEPLOYMENT):
+        (cache_container,) = cache.inputs["spec"]["template"]["spec"]["containers"]
+        cache_env = {item["name"]: item["value"] for item in cache_container["env"]}
+        assert cache_env["REGISTRY_HTTP_DEBUG_ADDR"] == "" and cache_env["OTEL_TRACES_EXPORTER"] == "none", cache.name
 
 
 def test_probes_use_https_on_the_registry_port(guide):
@@ -214,9 +231,9 @@ def test_pod_template_carries_the_certificate_hash_so_a_new_certificate_rolls_th
 
 
 def test_image_is_the_pinned_default_or_the_configured_one(guide):
-    assert container(guide)["image"] == "registry:2.8.3"
-    other = evaluate({**GUIDE_CONFIG, "image": "mirror.cube.local:5000/registry:2.8.2"})
-    assert container(other)["image"] == "mirror.cube.local:5000/registry:2.8.2"
+    assert container(guide)["image"] == "registry:3.1.1"
+    other = evaluate({**GUIDE_CONFIG, "image": "mirror.cube.local:5000/registry:3.1.1"})
+    assert container(other)["image"] == "mirror.cube.local:5000/registry:3.1.1"
 
 
 def test_service_selects_the_pods_and_asks_metallb_for_the_ip(guide):

@@ -1,4 +1,5 @@
-"""The real registry (distribution 2.8), started with exactly what the program declares.
+"""The real registry (distribution 3, the release of the declared image), started with exactly what
+the program declares, over what its image brings (the registry:3 image's config.yml and ENV).
 
 The certificate and key are the ones the TLS resources produce under the mocks, the Secret
 carries them, and the Deployment says where they are mounted and how the registry is told.
@@ -88,6 +89,16 @@ def test_the_registry_runs_as_declared(registry, declared):
     settings = registry_pod_settings(declared)
     assert settings["read_only_root"] is True and settings["run_as_uid"] == 10001
     assert registry.run_inside(["touch", "/probe"]).returncode != 0, "the root filesystem must be read-only"
+
+
+def test_what_the_images_config_opens_stays_closed(registry, ca_pem, credentials):
+    """registry:3's own config.yml opens a debug server on :5001 and logs at debug level; the
+    declared pod turns both off (monitoring is off here)."""
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((REGISTRY_IP, 5001), timeout=5).close()
+    assert https_get("/v2/", trusting(ca_pem), credentials=credentials)[0] == 200
+    log = registry.log()
+    assert "level=info" in log and "level=debug" not in log, log[-2000:]
 
 
 @pytest.fixture(scope="module")

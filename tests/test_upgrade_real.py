@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import tarfile
-from io import BytesIO
 
 import pytest
+from releases import release_tree
 
 from nodebed import NodeSpec, free_addresses, running_nodes, units_for
 from pulumi_real import PROJECT_DIR, RealStack
@@ -43,12 +41,7 @@ REGISTRIES = "/etc/rancher/k3s/registries.yaml"
 
 
 def previous_release_tree(tmp_path, commit=PREVIOUS_RELEASE):
-    archive = subprocess.run(["git", "-C", str(PROJECT_DIR), "archive", commit], capture_output=True, check=False)
-    assert archive.returncode == 0, f"the clone must have the commit {commit}: {archive.stderr.decode()}"
-    tree = tmp_path / f"release-{commit}"
-    with tarfile.open(fileobj=BytesIO(archive.stdout)) as bundle:
-        bundle.extractall(tree, filter="data")
-    return tree
+    return release_tree(tmp_path, commit)
 
 
 def snapshot(node) -> dict[str, bytes]:

@@ -37,11 +37,29 @@ from .rollout import DEPLOYMENT_READY, WAIT_FOR_ANNOTATION, rollout_timeouts
 STORAGE_DELETE = k8s.core.v1.EnvVarArgs(name="REGISTRY_STORAGE_DELETE_ENABLED", value="true")
 
 
-def delete_environment() -> list[k8s.core.v1.EnvVarArgs]:
+def delete_environment(enabled: bool) -> list[k8s.core.v1.EnvVarArgs]:
     """distribution's ``storage.delete.enabled``: with it, ``DELETE /v2/<name>/manifests/<digest>``
     (with the credentials) removes a manifest; without it the registry answers 405 UNSUPPORTED.
-    A deleted image's blobs stay on the volume until a garbage collection."""
-    return [STORAGE_DELETE]
+    A deleted image's blobs stay on the volume until a garbage collection. Said either way: the
+    registry:3 image's own config.yml turns deletes on."""
+    return [STORAGE_DELETE if enabled else
+            k8s.core.v1.EnvVarArgs(name="REGISTRY_STORAGE_DELETE_ENABLED", value="false")]
+
+
+def image_config_environment(metrics: bool) -> list[k8s.core.v1.EnvVarArgs]:
+    """What the registry:3 image's own configuration (/etc/distribution/config.yml, the
+    config-example.yml of distribution-library-image) sets and a pod of ours must not keep: its
+    debug server with metrics on :5001 on every address of the pod, unless ``metrics`` (then
+    metrics_environment sets it: an empty address starts none, registry/registry.go
+    configureDebugServer); its ``debug`` log level; and, from its Dockerfile's ENV, traces
+    exported nowhere (OTEL_TRACES_EXPORTER=none; distribution 3 otherwise sends them to
+    localhost:4318), said here so that it holds for any build of the image."""
+    values = {
+        **({} if metrics else {"REGISTRY_HTTP_DEBUG_ADDR": ""}),
+        "REGISTRY_LOG_LEVEL": "info",
+        "OTEL_TRACES_EXPORTER": "none",
+    }
+    return [k8s.core.v1.EnvVarArgs(name=key, value=value) for key, value in values.items()]
 
 
 def proxy_environment(
@@ -176,6 +194,7 @@ def create_deployment(
         ],
         env=[
             *registry_environment(settings, authenticated=htpasswd_secret_name is not None),
+            *image_config_environment(metrics),
             *(metrics_environment() if metrics else []),
             *extra_env,
         ],

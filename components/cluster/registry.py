@@ -98,7 +98,7 @@ class Registry(pulumi.ComponentResource):
             htpasswd_secret_name=htpasswd_secret_name,
             parent=self,
             data_sub_path=data_sub_path,
-            extra_env=deployment.delete_environment() if settings.delete_enabled else [],
+            extra_env=deployment.delete_environment(settings.delete_enabled),
             metrics=settings.monitoring.enabled,
             init_containers=[garbage_collection.garbage_collect_container(settings, data_sub_path)]
             if settings.garbage_collection.enabled else [],

@@ -54,13 +54,13 @@ def parse_nodes(key: str, value: Any) -> tuple[NodeSettings, ...]:
 _MIRROR_KEYS = ("upstream", "url", "port", "username", "password", "storageSize", "ttl", "anonymous")
 
 
-def mirrors_parser(registry_port: int, image: str) -> Callable[[str, Any], tuple[MirrorSettings, ...]]:
+def mirrors_parser(registry_port: int) -> Callable[[str, Any], tuple[MirrorSettings, ...]]:
     """Parses `mirrors`; a cache without a port gets the next free one after the registry's."""
 
     def parse(_key: str, value: Any) -> tuple[MirrorSettings, ...]:
         if not isinstance(value, list):
             fail("must be a list of caches, each {upstream, url, port, username, password, storageSize, ttl}")
-        entries = [_mirror_entry(index, entry, image) for index, entry in enumerate(value)]
+        entries = [_mirror_entry(index, entry) for index, entry in enumerate(value)]
         taken = {registry_port} | {entry["port"] for entry in entries if entry["port"] is not None}
         mirrors = []
         for entry in entries:
@@ -89,7 +89,7 @@ def _list_entry(kind: str, index: int, entry: Any, name_key: str, keys: tuple[st
     return where
 
 
-def _mirror_entry(index: int, entry: Any, image: str) -> dict[str, Any]:
+def _mirror_entry(index: int, entry: Any) -> dict[str, Any]:
     where = _list_entry("cache", index, entry, "upstream", _MIRROR_KEYS, "upstream (like docker.io)")
     upstream = entry.get("upstream")
     if not isinstance(upstream, str) or not _is_registry_name(upstream):
@@ -124,15 +124,9 @@ def _mirror_entry(index: int, entry: Any, image: str) -> dict[str, Any]:
             "it would pull what they can read. Remove username and password, or anonymous"
         )
     ttl = entry.get("ttl")
-    if ttl is not None:
-        if not isinstance(ttl, str) or not _DURATION.match(ttl):
-            fail(f"{where}: ttl {ttl!r} is not a duration; use a Go duration such as 168h or 720h, or 0s to keep "
-                 "cached content until it is deleted by hand (offline use)")
-        if not _image_major_at_least(image, 3):
-            fail(
-                f"{where}: ttl needs registry 3 (image registry:3.x); the registry 2.8 in {image} keeps "
-                "cached content 168h and cannot be told otherwise. Remove ttl or use a registry 3 image"
-            )
+    if ttl is not None and (not isinstance(ttl, str) or not _DURATION.match(ttl)):
+        fail(f"{where}: ttl {ttl!r} is not a duration; use a Go duration such as 168h or 720h, or 0s to keep "
+             "cached content until it is deleted by hand (offline use)")
     return {
         "upstream": upstream, "url": url.rstrip("/"), "port": port, "storage_size": storage_size,
         "username": username, "password": SecretText(password) if password is not None else None, "ttl": ttl,
@@ -149,12 +143,6 @@ def _is_registry_name(name: str) -> bool:
     except Invalid:
         return False
     return "." in host or host == "localhost"
-
-
-def _image_major_at_least(image: str, major: int) -> bool:
-    tag = image.split("@", 1)[0].rsplit(":", 1)[-1] if ":" in image.rsplit("/", 1)[-1] else ""
-    first = tag.split(".", 1)[0]
-    return first.isdigit() and int(first) >= major
 
 
 def _check_unique_mirrors(mirrors: list[MirrorSettings], registry_port: int) -> None:

@@ -164,7 +164,6 @@ def parse_settings(
         if renewal_days < validity_days
         else 0,
     )
-    image = read.value("image", parse_image, DEFAULT_IMAGE, json_value=False)
     auth_enabled = read.value("auth", parse_bool, True, json_value=False)
     # The CLI injects Pulumi.yaml's default into every stack, so "set" cannot be told from
     # "defaulted": with auth off the user name is simply not used.
@@ -178,12 +177,12 @@ def parse_settings(
         storage_class=read.value("storageClass", parse_storage_class, None, json_value=False),
         storage_size=read.value("storageSize", parse_quantity, DEFAULT_STORAGE_SIZE, json_value=False),
         node_selector=read.value("nodeSelector", parse_node_selector, (), json_value=True),
-        image=image,
+        image=read.value("image", parse_image, DEFAULT_IMAGE, json_value=False),
         certificate=certificate,
         auth=AuthSettings(enabled=auth_enabled, username=auth_username),
         existing_claim=read.value("existingClaim", parse_claim_name, None, json_value=False),
         delete_enabled=read.value("deleteEnabled", parse_bool, True, json_value=False),
-        mirrors=read.value("mirrors", mirrors_parser(port, image), (), json_value=True),
+        mirrors=read.value("mirrors", mirrors_parser(port), (), json_value=True),
         node_addresses=tuple(node.host for node in nodes if is_ip_address(node.host)),
         cluster_cidr=read.value("clusterCidr", parse_cidr, DEFAULT_CLUSTER_CIDR, json_value=False),
         rollout_timeout_seconds=read.value(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..quantity import QUANTITY
-from ..settings import KEY_ALGORITHMS
+from ..settings import DEFAULT_IMAGE, KEY_ALGORITHMS
 from .reader import Invalid, fail
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -189,8 +189,29 @@ def parse_key_algorithm(_key: str, value: Any) -> str:
 
 
 def parse_image(_key: str, value: Any) -> str:
+    """A registry image of distribution 3: the program configures the pod for it (the config
+    file's path, deletes, the debug server, the collector that keeps an index's platforms).
+    A tag that names another major release is refused; a tag that names none (``latest``, a
+    digest alone) is taken as distribution 3."""
     if not isinstance(value, str) or not _IMAGE_REFERENCE.match(value):
-        fail(f"{value!r} is not an image reference; use a name with a tag, like registry:2.8.3")
+        fail(f"{value!r} is not an image reference; use a name with a tag, like {DEFAULT_IMAGE}")
+    major = image_major_release(value)
+    if major is not None and major < 3:
+        fail(
+            f"{value} is distribution {major}, which docker-library no longer builds and whose garbage collector "
+            "deletes the platform images of a multi-platform image; the program runs distribution 3. Remove image "
+            f"to use the default {DEFAULT_IMAGE} (pulumi config rm image), or name a 3.x tag of your mirror of it. "
+            "The volume's images are kept: distribution 3 serves what 2.8 stored"
+        )
     return value
+
+
+def image_major_release(image: str) -> int | None:
+    """The major release an image's tag names (``registry:2.8.3`` -> 2), or None when the tag is
+    no version (``latest``) or there is no tag (a digest alone)."""
+    name = image.split("@", 1)[0].rsplit("/", 1)[-1]
+    tag = name.partition(":")[2]
+    first = tag.split(".", 1)[0]
+    return int(first) if first.isdigit() else None
 
 

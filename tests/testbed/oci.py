@@ -56,10 +56,18 @@ def build_oci_layout(
     return dest
 
 
-def build_oci_image_index(dest: Path, tag: str, payloads: Mapping[str, bytes]) -> Path:
+def build_oci_image_index(dest: Path, tag: str, payloads: Mapping[str, bytes], *, attestations: bool = False) -> Path:
     """Write (or add ``tag`` to) the layout at ``dest`` as a multi-platform image: an image index
     whose entries are one image per architecture (``payloads``: architecture -> its layer's
-    payload), as ``docker buildx build --platform ...`` pushes. Push it with ``skopeo copy --all``."""
+    payload), as ``docker buildx build --platform ...`` pushes. Push it with ``skopeo copy --all``.
+
+    ``attestations``: each image also gets the attestation manifest buildx (0.10 on) stores beside
+    it, as BuildKit lays it out (docs/attestations/attestation-storage.md; the annotation keys
+    are util/attestation/types.go): an image manifest with an image config for compatibility and
+    one ``application/vnd.in-toto+json`` layer (annotated ``in-toto.io/predicate-type``), listed
+    in the index with platform ``unknown/unknown`` and the annotations
+    ``vnd.docker.reference.type: attestation-manifest`` and ``vnd.docker.reference.digest`` (the
+    image it describes)."""
     blobs = dest / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -74,10 +82,36 @@ def build_oci_image_index(dest: Path, tag: str, payloads: Mapping[str, bytes]) -
             "layers": [{"mediaType": MEDIA_LAYER, **layer}],
         }))
         entries.append({"mediaType": MEDIA_MANIFEST, **manifest, "platform": {"architecture": architecture, "os": "linux"}})
+        if attestations:
+            entries.append(_attestation_entry(blobs, manifest["digest"], architecture))
     index = _write_blob(blobs, _canonical_json({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries}))
     _update_index(dest, tag, index, media_type=MEDIA_INDEX)
     (dest / "oci-layout").write_bytes(_canonical_json({"imageLayoutVersion": "1.0.0"}))
     return dest
+
+
+def _attestation_entry(blobs: Path, subject: str, architecture: str) -> dict[str, Any]:
+    statement = _canonical_json({
+        "_type": "https://in-toto.io/Statement/v0.1", "predicateType": "https://slsa.dev/provenance/v0.2",
+        "subject": [{"name": f"pkg:docker/testbed@1.0?platform=linux%2F{architecture}",
+                     "digest": {"sha256": subject.removeprefix("sha256:")}}],
+        "predicate": {"buildType": "https://mobyproject.org/buildkit@v1"},
+    })
+    layer = _write_blob(blobs, statement)
+    config = _write_blob(blobs, _canonical_json({
+        "architecture": "unknown", "os": "unknown", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
+    }))
+    manifest = _write_blob(blobs, _canonical_json({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {"mediaType": MEDIA_CONFIG, **config},
+        "layers": [{"mediaType": "application/vnd.in-toto+json", **layer,
+                    "annotations": {"in-toto.io/predicate-type": "https://slsa.dev/provenance/v0.2"}}],
+    }))
+    return {"mediaType": MEDIA_MANIFEST, **manifest, "platform": {"architecture": "unknown", "os": "unknown"},
+            "annotations": {"vnd.docker.reference.digest": subject,
+                            "vnd.docker.reference.type": "attestation-manifest"}}
 
 
 def manifest_digest(dest: Path, tag: str) -> str:

@@ -1,15 +1,18 @@
-"""The real registry (Debian's CNCF distribution 2.8) started like its pod.
+"""The real registry (distribution, the release its pod's image carries) started like its pod.
 
 Why a tiny container instead of just running the binary: the Deployment the
 program generates names paths *inside the container* (``/certs/tls.crt``,
 ``/var/lib/registry``), a user (``runAsUser``/``runAsGroup``/``fsGroup``)
-and ``readOnlyRootFilesystem``.  To prove those settings work we give the
-registry its own root, built under ``workdir``:
+and ``readOnlyRootFilesystem``; and the image brings a configuration file and an
+environment of its own that the pod's environment only overrides.  To prove those
+settings work we give the registry its own root, built under ``workdir``:
 
 * a tmpfs root with ``/usr`` and ``/etc`` bound read-only from the machine
   and the merged-usr symlinks ``/bin /lib /lib64 /sbin``;
-* ``/etc/docker/registry/config.yml`` = the default config of the official
-  ``registry:2`` image (NOT the Debian package's, which turns htpasswd on);
+* the image's configuration file at the image's path (:class:`RegistryImage`: registry:3's
+  ``/etc/distribution/config.yml`` with ``storage.delete.enabled: true`` and a debug server
+  on :5001; registry:2's ``/etc/docker/registry/config.yml``), the image's ENV, and the
+  registry binary of the image's release as ``registry`` on the image's PATH;
 * the pod's volumes at their mount paths: Secret-like file sets mounted
   read-only (mode 0440, group = fsGroup, with Kubernetes' ``..data``
   symlinks), ``"pvc"`` / ``"emptydir"`` writable directories, and
@@ -18,12 +21,11 @@ registry its own root, built under ``workdir``:
 * ``/dev``, ``/proc`` and (optionally) a writable tmpfs ``/tmp``;
 * the root remounted read-only when ``read_only_root`` is true.
 
-Then ``chroot`` + ``setpriv`` run ``/usr/bin/docker-registry serve
-/etc/docker/registry/config.yml`` with exactly the pod's env plus the image's
-PATH and ``REGISTRY_HTTP_ADDR=<listen_ip>:<port>`` (forced, so it can only
-listen on loopback). :func:`run_container` runs another container of the pod (an init
-container: the garbage collector) in a root built the same way, to its end, with the image's
-``registry`` command on its PATH.
+Then ``chroot`` + ``setpriv`` run what the image's entrypoint runs for the container's
+arguments (none: its CMD, ``registry serve <config>``) with the image's ENV, exactly the
+pod's env and ``REGISTRY_HTTP_ADDR=<listen_ip>:<port>`` (forced, so it can only listen on
+loopback). :func:`run_container` runs another container of the pod (an init container: the
+garbage collector) in a root built the same way, to its end.
 """
 
 from __future__ import annotations
@@ -34,16 +36,18 @@ import shlex
 import shutil
 import stat
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
+
 from ._proc import mount_ns_id, require_free_port, stop_namespace, wait_for_tcp
 from .certs import CertPair
 
-# The official image's /etc/docker/registry/config.yml (distribution-library-image 2.8).
-REGISTRY_IMAGE_DEFAULT_CONFIG = """\
+# The official registry:2 image's /etc/docker/registry/config.yml (distribution-library-image 2.8).
+REGISTRY_2_IMAGE_CONFIG = """\
 version: 0.1
 log:
   fields:
@@ -64,16 +68,103 @@ health:
     threshold: 3
 """
 
-# ENV of the registry:2 image (Alpine base); a pod inherits it.
+# The official registry:3 image's /etc/distribution/config.yml: config-example.yml of
+# distribution/distribution-library-image at the commit official-images' library/registry names
+# for 3.1.1 (0c2328319a03), copied by its Dockerfile. It deletes, logs at debug level and opens a
+# debug server with metrics unless the pod's environment says otherwise.
+REGISTRY_3_IMAGE_CONFIG = """\
+version: 0.1
+log:
+  level: debug
+  fields:
+    service: registry
+    environment: development
+storage:
+    delete:
+      enabled: true
+    cache:
+        blobdescriptor: inmemory
+    filesystem:
+        rootdirectory: /var/lib/registry
+    tag:
+      concurrencylimit: 5
+http:
+    addr: :5000
+    debug:
+        addr: :5001
+        prometheus:
+            enabled: true
+            path: /metrics
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+"""
+
+# ENV PATH of the registry images (Alpine base); a pod inherits it.
 IMAGE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-REGISTRY_BINARY = "/usr/bin/docker-registry"
-# The registry:2 image has its binary as /bin/registry, and a container's command finds it on
-# the image's PATH as `registry`; the test bed puts that name, for Debian's binary, in
-# /usr/local/bin of the container's root (first on IMAGE_PATH but for /usr/local/sbin).
+# The images have their binary as /bin/registry, and a container's command finds it on the
+# image's PATH as `registry`; the test bed puts the binary of the image's release under that
+# name in /usr/local/bin of the container's root (first on IMAGE_PATH but for /usr/local/sbin).
 IMAGE_REGISTRY_COMMAND = "registry"
 IMAGE_BIN_DIR = "/usr/local/bin"
-CONFIG_PATH = "/etc/docker/registry/config.yml"
+DEBIAN_REGISTRY_BINARY = Path("/usr/bin/docker-registry")
 SECRET_MODE = 0o440  # what the program is expected to set as defaultMode
+
+
+@dataclass(frozen=True)
+class RegistryImage:
+    """What a registry image is to the test bed: the registry binary of its release, its
+    configuration file (path and content, from the image's Dockerfile) and its ENV."""
+
+    release: str
+    binary: Path
+    config_path: str
+    config: str
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def entrypoint(self, args: Sequence[str]) -> list[str]:
+        """What the image's /entrypoint.sh (the same in registry:2 and registry:3) runs for a
+        container's ``args``: none is the image's CMD, the config file; a config file is served;
+        a subcommand goes to ``registry``; anything else runs as it is."""
+        args = list(args) or [self.config_path]
+        if args[0].endswith((".yaml", ".yml")):
+            return [IMAGE_REGISTRY_COMMAND, "serve", *args]
+        if args[0] in ("serve", "garbage-collect", "help") or args[0].startswith("-"):
+            return [IMAGE_REGISTRY_COMMAND, *args]
+        return args
+
+
+# Debian's docker-registry is distribution 2.8.2: the test bed's stand-in binary for the
+# registry:2.8.x images (the same storage layout and configuration as 2.8.3), used where a test
+# needs the previous release (the guide's registry:2, an upgrade from registry:2.8.3).
+REGISTRY_2_8 = RegistryImage("2.8", DEBIAN_REGISTRY_BINARY, "/etc/docker/registry/config.yml", REGISTRY_2_IMAGE_CONFIG)
+
+
+def registry_3_image() -> RegistryImage:
+    """The registry:3 image of the release toolchain/pins names, with that release's binary
+    as scripts/toolchain built it."""
+    from pulumi_real import pins, toolchain_dir
+
+    return RegistryImage(
+        pins()["registry"], toolchain_dir() / "registry", "/etc/distribution/config.yml", REGISTRY_3_IMAGE_CONFIG,
+        # The image's Dockerfile: ENV OTEL_TRACES_EXPORTER=none.
+        {"OTEL_TRACES_EXPORTER": "none"},
+    )
+
+
+def image_for(reference: str) -> RegistryImage:
+    """The test bed's model of the registry image a pod names; an image it has no binary for
+    fails, rather than run another release in its place."""
+    tag = reference.split("@", 1)[0].rsplit("/", 1)[-1].partition(":")[2]
+    current = registry_3_image()
+    if tag == current.release:
+        return current
+    if tag in ("2", "2.8") or tag.startswith("2.8."):
+        return REGISTRY_2_8
+    raise AssertionError(f"the test bed has no registry binary for image {reference!r} "
+                         f"(it has {current.release}, toolchain/pins, and 2.8, Debian's)")
 
 
 @dataclass(frozen=True)
@@ -156,8 +247,16 @@ def start_registry(
     read_only_root: bool = False,
     writable_tmp: bool = True,
     timeout: float = 10.0,
+    image: RegistryImage | None = None,
+    args: Sequence[str] = (),
+    hosts: Mapping[str, str] | None = None,
 ) -> RunningRegistry:
     """Start the registry as its pod would run, wait for its port, return it.
+
+    ``image``: the registry image the pod runs (registry:3 of toolchain/pins by default);
+    ``args``: the container's arguments, for the image's entrypoint. ``hosts``: names the
+    container resolves (name -> loopback address), as a pod resolves docker.io through the
+    cluster's DNS: its /etc/hosts.
 
     ``fs_group`` defaults to ``run_as_gid``: volumes get that group and the
     process gets it as a supplementary group, as Kubernetes does.  With
@@ -170,12 +269,13 @@ def start_registry(
         raise ValueError(f"the registry must listen on loopback, not {listen_ip}")
     require_free_port(listen_ip, port)
     workdir = workdir.resolve()
+    image = image or registry_3_image()
     rootfs, volume_dirs, script = _container_root(
-        workdir, "rootfs", volumes, run_as_uid, run_as_gid, fs_group, read_only_root, writable_tmp,
-        [REGISTRY_BINARY, "serve", CONFIG_PATH],
+        workdir, "rootfs", image, volumes, run_as_uid, run_as_gid, fs_group, read_only_root, writable_tmp,
+        image.entrypoint(args), hosts,
     )
     (workdir / "setup.sh").write_text(script)
-    proc = _spawn(workdir, _container_env(env, listen_ip, port))
+    proc = _spawn(workdir, _container_env(image, env, listen_ip, port))
     reg = RunningRegistry(
         listen_ip=listen_ip,
         port=port,
@@ -208,16 +308,19 @@ def run_container(
     fs_group: int | None = None,
     read_only_root: bool = False,
     timeout: float = 300,
+    image: RegistryImage | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run one container of the registry's pod to its end (an init container: ``argv`` is its
     command and arguments), in a root built as :func:`start_registry` builds it, on the same
     ``workdir``'s volumes (a "pvc" is the one the registry then serves); output in ``stdout``.
     The image's ``registry`` command is on its PATH (IMAGE_REGISTRY_COMMAND)."""
+    image = image or registry_3_image()
     _, _, script = _container_root(
-        workdir.resolve(), "init-rootfs", volumes, run_as_uid, run_as_gid, fs_group, read_only_root, False, argv
+        workdir.resolve(), "init-rootfs", image, volumes, run_as_uid, run_as_gid, fs_group, read_only_root, False,
+        argv,
     )
     (workdir / "init.sh").write_text(script)
-    container_env = {"PATH": IMAGE_PATH, "HOSTNAME": "registry", "HOME": "/root", **env}
+    container_env = {"PATH": IMAGE_PATH, "HOSTNAME": "registry", "HOME": "/root", **image.env, **env}
     return subprocess.run(
         ["/usr/bin/unshare", "--mount", "--propagation", "private", "/bin/sh", str(workdir / "init.sh")],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=container_env,
@@ -228,6 +331,7 @@ def run_container(
 def _container_root(
     workdir: Path,
     rootfs_name: str,
+    image: RegistryImage,
     volumes: Mapping[str, Volume],
     run_as_uid: int | None,
     run_as_gid: int | None,
@@ -235,20 +339,29 @@ def _container_root(
     read_only_root: bool,
     writable_tmp: bool,
     argv: list[str],
+    hosts: Mapping[str, str] | None = None,
 ) -> tuple[Path, dict[str, Path], str]:
     """The container's root (under ``workdir/rootfs_name``), its volumes' host directories, and
     the script that builds the root and runs ``argv`` in it as the pod's user. The image's
-    ``registry`` command is in its IMAGE_BIN_DIR."""
+    ``registry`` command (the binary of the image's release, bound there) is in its IMAGE_BIN_DIR."""
     workdir.mkdir(parents=True, exist_ok=True)
     group = fs_group if fs_group is not None else run_as_gid
     rootfs = _fresh_dir(workdir / rootfs_name, 0o755)
-    (workdir / "config.yml").write_text(REGISTRY_IMAGE_DEFAULT_CONFIG)
+    # The image's files in /etc (its config.yml; the pod's /etc/hosts), over the machine's /etc.
+    etc_upper = _fresh_dir(workdir / f"{rootfs_name}-etc", 0o755)
+    config = etc_upper / image.config_path.removeprefix("/etc/")
+    config.parent.mkdir(parents=True)
+    config.write_text(image.config)
+    if hosts:
+        if any(not ip.startswith("127.") for ip in hosts.values()):
+            raise ValueError(f"container names must resolve to loopback addresses: {hosts}")
+        (etc_upper / "hosts").write_text("127.0.0.1 localhost\n" + "".join(f"{ip} {name}\n" for name, ip in hosts.items()))
     image_bin = _fresh_dir(workdir / f"{rootfs_name}-image-bin", 0o755)
-    (image_bin / IMAGE_REGISTRY_COMMAND).symlink_to(REGISTRY_BINARY)
+    (image_bin / IMAGE_REGISTRY_COMMAND).touch(mode=0o755)
     volume_dirs = {path: _prepare_volume(workdir, path, spec, run_as_uid, group) for path, spec in volumes.items()}
     read_only = {path for path, spec in volumes.items() if isinstance(spec, Mapping)}
-    script = _setup_script(rootfs, workdir / "config.yml", volume_dirs, read_only, read_only_root, writable_tmp,
-                           image_bin=image_bin)
+    script = _setup_script(rootfs, image, etc_upper, _fresh_dir(workdir / f"{rootfs_name}-etc-work", 0o755),
+                           volume_dirs, read_only, read_only_root, writable_tmp, image_bin=image_bin)
     script += "exec chroot {} {} {}\n".format(
         shlex.quote(str(rootfs)),
         " ".join(shlex.quote(a) for a in _setpriv(run_as_uid, run_as_gid, group)),
@@ -257,10 +370,15 @@ def _container_root(
     return rootfs, volume_dirs, script
 
 
-def _container_env(pod_env: Mapping[str, str], listen_ip: str, port: int) -> dict[str, str]:
+def _container_env(image: RegistryImage, pod_env: Mapping[str, str], listen_ip: str, port: int) -> dict[str, str]:
     """Image ENV + the pod's env verbatim + the forced loopback listen address."""
-    env = {"PATH": IMAGE_PATH, "HOSTNAME": "registry", "HOME": "/root"}
+    env = {"PATH": IMAGE_PATH, "HOSTNAME": "registry", "HOME": "/root", **image.env}
     env.update(pod_env)
+    # A debug server the image's config opens and the pod leaves as it is listens on the pod's
+    # own address, here the loopback one it is given (3.x: one that cannot bind ends the registry).
+    debug = (yaml.safe_load(image.config)["http"].get("debug") or {}).get("addr")
+    if debug and "REGISTRY_HTTP_DEBUG_ADDR" not in pod_env:
+        env["REGISTRY_HTTP_DEBUG_ADDR"] = f"{listen_ip}:{debug.rsplit(':', 1)[1]}"
     env["REGISTRY_HTTP_ADDR"] = f"{listen_ip}:{port}"
     return env
 
@@ -383,15 +501,17 @@ def _secret_dir(path: Path, files: Mapping[str, bytes], gid: int | None) -> Path
 
 def _setup_script(
     rootfs: Path,
-    config: Path,
+    image: RegistryImage,
+    etc_upper: Path,
+    etc_work: Path,
     volume_dirs: Mapping[str, Path],
     read_only: set[str],
     read_only_root: bool,
     writable_tmp: bool,
-    image_bin: Path | None = None,
+    image_bin: Path,
 ) -> str:
     """Shell that builds the container root inside the new mount namespace (``image_bin``: what
-    the image has in IMAGE_BIN_DIR)."""
+    the image has in IMAGE_BIN_DIR; its ``registry`` is the image's binary, bound over it)."""
     r = shlex.quote(str(rootfs))
     lines = [
         "set -eu",
@@ -401,9 +521,12 @@ def _setup_script(
         "chmod 1777 tmp",
         "ln -s usr/bin bin && ln -s usr/lib lib && ln -s usr/lib64 lib64 && ln -s usr/sbin sbin",
         *_bind(Path("/usr"), f"{r}/usr", read_only=True),
-        *_bind(Path("/etc"), f"{r}/etc", read_only=True),
-        *_bind(config, f"{r}{CONFIG_PATH}", read_only=True),
-        *(_bind(image_bin, f"{r}{IMAGE_BIN_DIR}", read_only=True) if image_bin is not None else []),
+        # The machine's /etc with the image's files over it (overlayfs), then read-only.
+        (f"mount -t overlay overlay -o lowerdir=/etc,upperdir={shlex.quote(str(etc_upper))},"
+         f"workdir={shlex.quote(str(etc_work))} {r}/etc"),
+        f"mount -o remount,ro {r}/etc",
+        *_bind(image_bin, f"{r}{IMAGE_BIN_DIR}", read_only=True),
+        *_bind(image.binary, f"{r}{IMAGE_BIN_DIR}/{IMAGE_REGISTRY_COMMAND}", read_only=True),
         f"mount --rbind /dev {r}/dev",
         f"mount -t proc proc {r}/proc",
     ]
@@ -452,11 +575,14 @@ def start_upstream(workdir: Path, ip: str, cert: CertPair, env: Mapping[str, str
     )
 
 
-def pointed_at_upstream(ip: str, ca_pem: bytes) -> dict[str, Any]:
+def pointed_at_upstream(ip: str, ca_pem: bytes, names: Sequence[str] = ()) -> dict[str, Any]:
     """What a test changes in a cache's declared pod to use the stand-in upstream: its URL and a
-    CA bundle with its CA (``start_registry_pod``'s ``env_overrides`` and ``extra_files``)."""
+    CA bundle with its CA (``start_registry_pod``'s ``env_overrides`` and ``extra_files``).
+    ``names``: host names of the stand-in (the first is the URL's), resolved to ``ip`` in the
+    container, as docker.io's are by the cluster's DNS."""
     return {
-        "env_overrides": {"REGISTRY_PROXY_REMOTEURL": f"https://{ip}:{UPSTREAM_PORT}",
+        "env_overrides": {"REGISTRY_PROXY_REMOTEURL": f"https://{names[0] if names else ip}:{UPSTREAM_PORT}",
                           "SSL_CERT_FILE": f"{UPSTREAM_CA_DIR}/ca.crt"},
         "extra_files": {UPSTREAM_CA_DIR: {"ca.crt": ca_pem}},
+        **({"hosts": dict.fromkeys(names, ip)} if names else {}),
     }

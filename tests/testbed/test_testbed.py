@@ -20,9 +20,10 @@ import pytest
 
 from .certs import self_signed_cert
 from .oci import build_oci_layout, manifest_digest, skopeo_copy
-from .registry import REGISTRY_IMAGE_DEFAULT_CONFIG, RunningRegistry, start_registry
+from .registry import REGISTRY_3_IMAGE_CONFIG, RunningRegistry, start_registry
 from .sshexec import ClientKey, connect, generate_client_key, ssh_run
 from .sshnodes import DEPLOY_UID, TestNode, start_node, start_nodes
+from pulumi_real import pins
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the test bed needs root (namespaces, sshd)")
 
@@ -264,19 +265,22 @@ def test_registry_pod_like_push_and_catalog(nodes: list[TestNode], workdir: Path
 
 
 def _assert_container_shape(reg: RunningRegistry) -> None:
-    """uid 1000, read-only root, writable PVC, 0440 secret, image default config."""
+    """uid 1000, read-only root, writable PVC, 0440 secret, the registry:3 image's config and the
+    binary of its release on the image's PATH."""
     status = Path(f"/proc/{reg.pid}/status").read_text()
     assert "\nUid:\t1000\t1000\t1000\t1000\n" in status and "\nGid:\t1000\t1000\t1000\t1000\n" in status
     script = (
         "touch /probe; echo $?; touch /tmp/probe; echo $?; "
         "touch /var/lib/registry/probe && rm /var/lib/registry/probe && echo pvc-ok; "
         "stat -L -c '%a %g' /certs/tls.key; head -c 5 /certs/tls.key; echo; "
-        "cat /etc/docker/registry/config.yml"
+        "cat /etc/distribution/config.yml; registry --version"
     )
     probe = reg.run_inside(["sh", "-c", script])
     lines = probe.stdout.decode().split("\n", 5)
     assert lines[:5] == ["1", "1", "pvc-ok", "440 1000", "-----"], probe
-    assert lines[5] == REGISTRY_IMAGE_DEFAULT_CONFIG
+    config, version = lines[5].rsplit("registry ", 1)[0], lines[5].rstrip().rsplit(" ", 1)[-1]
+    assert config == REGISTRY_3_IMAGE_CONFIG
+    assert version == "v" + pins()["registry"], lines[5]
     assert b"Read-only file system" in probe.stderr
 
 

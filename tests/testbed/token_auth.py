@@ -1,11 +1,13 @@
 """A minimal Docker registry token server (the auth scheme of Docker Hub, quay.io, ghcr.io).
 
-Why: distribution 2.8 in proxy mode sends its upstream credentials only to a *token* realm
-(proxy/proxyauth.go keys them by the realm URLs of the upstream's challenge); an upstream with
-plain htpasswd (Basic) auth never gets them. A stand-in for an authenticated public registry
-therefore issues tokens: it checks HTTP Basic credentials and returns a JWT (ES256, the signing
-certificate in ``x5c``) granting the requested scopes, which the upstream registry
-(``REGISTRY_AUTH=token``) verifies against the same certificate as its root bundle.
+Why: distribution in proxy mode sends its upstream credentials only to a *token* realm
+(registry/proxy/proxyauth.go keys them by the realm URLs of the upstream's challenge); an
+upstream with plain htpasswd (Basic) auth never gets them. Since 3.1 only to a realm on the
+upstream's own host and port or, for host names, under the same registrable domain
+(realmAllowed: auth.docker.io for registry-1.docker.io), never on an IP address of its own.
+A stand-in for an authenticated public registry therefore issues tokens: it checks HTTP Basic
+credentials and returns a JWT (ES256, the signing certificate in ``x5c``) granting the requested
+scopes, which the upstream registry (``REGISTRY_AUTH=token``) verifies against the same certificate as its root bundle.
 """
 
 from __future__ import annotations
@@ -54,7 +56,9 @@ class TokenServer:
     """HTTPS on ``ip:port`` serving ``/token``; ``requests`` records who asked for what."""
 
     def __init__(self, ip: str, port: int, pair: CertPair, workdir: Path, *, username: str, password: str,
-                 issuer: str = "stand-in-auth", service: str = "stand-in-registry"):
+                 issuer: str = "stand-in-auth", service: str = "stand-in-registry", realm_host: str | None = None):
+        """``realm_host``: the name the challenge's realm gives for ``ip`` (Docker Hub's is
+        auth.docker.io beside registry-1.docker.io)."""
         self.issuer, self.service = issuer, service
         self.requests: list[tuple[str, list[str]]] = []
         expected = "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
@@ -88,7 +92,7 @@ class TokenServer:
         context.load_cert_chain(workdir / "token.crt", workdir / "token.key")
         self.httpd = ThreadingHTTPServer((ip, port), Handler)
         self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.realm = f"https://{ip}:{port}/token"
+        self.realm = f"https://{realm_host or ip}:{port}/token"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
