@@ -66,9 +66,10 @@ class Pusher:
                              timeout=timeout)
         return pushed, manifest_digest(self.layout, key)
 
-    def push_index(self, repo: str, tag: str, platforms: dict[str, bytes], *, attestations: bool = False) -> str:
+    def push_index(self, repo: str, tag: str, platforms: dict[str, bytes], *, attestations: bool = False,
+                   created: str | None = None) -> str:
         key = f"{repo}-{tag}"
-        build_oci_image_index(self.layout, key, platforms, attestations=attestations)
+        build_oci_image_index(self.layout, key, platforms, attestations=attestations, created=created)
         pushed = skopeo_copy(f"oci:{self.layout}:{key}", f"docker://{self.ip}:5000/{repo}:{tag}",
                              extra_args=["--all", "--dest-cert-dir", str(self.certs), "--dest-creds", self.credentials])
         assert pushed.returncode == 0, pushed.stderr.decode()

@@ -24,6 +24,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,10 @@ CLAIM = "kubernetes:core/v1:PersistentVolumeClaim"
 def _env_value(evaluation: Evaluation, item: dict[str, Any]) -> str:
     if "value" in item:
         return item["value"]
+    if "valueFrom" not in item:
+        # An empty value, as the API server stores it (EnvVar's value is omitempty): the kubelet
+        # sets the variable, empty (pkg/kubelet/kubelet_pods.go, makeEnvironmentVariables).
+        return ""
     reference = item.get("valueFrom", {}).get("secretKeyRef")
     if reference is None:
         raise AssertionError(f"env {item['name']} has a source the test bed cannot provide: {item}")
@@ -138,23 +143,57 @@ def registry_pod_settings(
     }
 
 
+# How often the test bed runs a failing init container again before it calls the pod stuck (the
+# kubelet goes on for ever, with a back-off from 10 s to 5 min: here, at once).
+INIT_CONTAINER_RUNS = 3
+
+
+@dataclass
+class InitContainerRecord:
+    """An init container as the pod's status and ``kubectl logs`` tell it."""
+
+    log: str
+    """What its last run printed (``kubectl logs -c NAME``)."""
+    restarts: int = 0
+    """``restartCount``: the runs that failed before the last."""
+    previous_log: str | None = None
+    """What the run before the last printed (``kubectl logs --previous``)."""
+    previous_exit_code: int | None = None
+    """``lastState.terminated.exitCode``."""
+
+
 def run_init_containers(
     evaluation: Evaluation, workdir: Path, claims: Mapping[str, Path] | None = None, deployment: str | None = None
-) -> dict[str, str]:
+) -> dict[str, InitContainerRecord]:
     """Each declared init container, in order, to its end, as the kubelet runs them before the
-    pod's containers: on the pod's volumes (the same workdir), as its user, with its command
-    and arguments. Returns what each printed, by name; a failing one fails here, as the pod
-    would never start."""
+    pod's containers: on the pod's volumes (the same workdir; an emptyDir lives as long as the
+    pod, across runs), as its user, with its command and arguments. One that fails is run again,
+    as the kubelet does for a Deployment's pod (restartPolicy Always); one that never succeeds
+    fails here, as the pod would never start. Returns each one's record, by name."""
     pod = _deployment(evaluation, deployment).inputs["spec"]["template"]["spec"]
-    logs = {}
+    assert pod.get("restartPolicy", "Always") == "Always"
+    records = {}
     for container in pod.get("initContainers", []):
         settings = _container_settings(evaluation, pod, container, claims or {})
-        ran = run_container(workdir, argv=[*container.get("command", []), *container.get("args", [])],
-                            image=image_for(container["image"]), **settings)
-        logs[container["name"]] = ran.stdout
-        if ran.returncode != 0:
-            raise AssertionError(f"init container {container['name']} exited {ran.returncode}:\n{ran.stdout}")
-    return logs
+        record: InitContainerRecord | None = None
+        record_exit = 0
+        for _ in range(INIT_CONTAINER_RUNS):
+            ran = run_container(workdir, argv=[*container.get("command", []), *container.get("args", [])],
+                                image=image_for(container["image"]), **settings)
+            if record is None:
+                record = InitContainerRecord(log=ran.stdout)
+            else:
+                record = InitContainerRecord(log=ran.stdout, restarts=record.restarts + 1, previous_log=record.log,
+                                             previous_exit_code=record_exit)
+            record_exit = ran.returncode
+            if ran.returncode == 0:
+                break
+        assert record is not None
+        if record_exit != 0:
+            raise AssertionError(f"init container {container['name']} exited {record_exit} "
+                                 f"{INIT_CONTAINER_RUNS} times:\n{record.log}")
+        records[container["name"]] = record
+    return records
 
 
 def start_registry_pod(
@@ -174,7 +213,9 @@ def start_registry_pod(
     would forward to the container port). ``extra_files``: mount path -> files, read-only,
     that the test adds to the container (a CA bundle for a stand-in upstream). ``hosts``: names the
     container resolves (a stand-in upstream's), as the cluster's DNS would."""
-    init_logs = run_init_containers(evaluation, workdir, claims, deployment)
+    # A new pod: its emptyDirs are new.
+    shutil.rmtree(workdir / "emptydir", ignore_errors=True)
+    init_records = run_init_containers(evaluation, workdir, claims, deployment)
     settings = registry_pod_settings(evaluation, claims, deployment)
     container_port = settings.pop("container_port")
     port = port or container_port
@@ -186,7 +227,8 @@ def start_registry_pod(
         env["REGISTRY_HTTP_DEBUG_ADDR"] = f"{listen_ip}:{env['REGISTRY_HTTP_DEBUG_ADDR'].rsplit(':', 1)[1]}"
     running = start_registry(workdir, listen_ip=listen_ip, port=port, env=env, timeout=timeout, hosts=hosts,
                              **settings)
-    running.init_logs = init_logs
+    running.init_logs = {name: record.log for name, record in init_records.items()}
+    running.init_records = dict(init_records)
     return running
 
 

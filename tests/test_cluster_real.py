@@ -181,7 +181,9 @@ def test_what_the_provider_renders_passes_the_schemas_in_strict_mode(rendered_st
     rendered = rendered_stack.rendered().resources
     assert sorted(r.inputs["kind"] for r in rendered) == sorted(
         ["Namespace", "Secret", "Secret", "PersistentVolumeClaim", "Deployment", "Service", "NetworkPolicy",
-         "CronJob", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy"])  # the maintenance restart
+         # the maintenance restart, and the admission policy that lets its token do nothing else
+         "CronJob", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy",
+         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"])
     for resource in rendered:
         for version in KUBERNETES_VERSIONS:
             kubernetes_validate.validate(resource.inputs, version, strict=True)
@@ -211,7 +213,7 @@ def test_monitoring_objects_are_accepted_by_the_operators_schemas_and_go_with_de
     (rule,) = custom.list_namespaced_custom_object("monitoring.coreos.com", "v1", namespace, "prometheusrules")["items"]
     assert monitor["metadata"]["labels"]["release"] == rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert [r["alert"] for r in rule["spec"]["groups"][0]["rules"]] == [
-        "RegistryVolumeNearlyFull", "RegistryDown", "RegistryCertificateExpiresSoon"]
+        "RegistryVolumeNearlyFull", "RegistryDown", "RegistryCertificateExpiresSoon", "RegistryGarbageCollectionFailed"]
     metrics = core.read_namespaced_service("registry-metrics", namespace)
     assert metrics.spec.type == "ClusterIP" and [p.port for p in metrics.spec.ports] == [5001]
     stack.destroy().check()
@@ -221,35 +223,53 @@ def test_monitoring_objects_are_accepted_by_the_operators_schemas_and_go_with_de
 # ------------------------------------------------------------------ the maintenance restart
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-KUBECTL_PATH = "/run/image/kubectl"  # the image's entrypoint, this release built from source
+# A strategic-merge patch ($1) of the registry's Deployment with the pod's token, as the job's
+# restart sends its own: prints the API server's status code, then its answer.
+PATCH_WITH_THE_TOKEN = f"""set -eu
+account={SERVICE_ACCOUNT_DIR}
+api="https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT/apis/apps/v1"
+printf 'Authorization: Bearer %s\\n' "$(cat "$account/token")" |
+  curl --silent --show-error --cacert "$account/ca.crt" --header @- --request PATCH \\
+    --header 'Content-Type: application/strategic-merge-patch+json' --data "$1" \\
+    --write-out '%{{http_code}}\\n' --output /tmp/answer \\
+    "$api/namespaces/$(cat "$account/namespace")/deployments/registry"
+cat /tmp/answer
+"""
+KUBECTL_PATH = "/run/stolen/kubectl"  # kubectl 1.37.2 built from source: what a thief would run
 
 
 def run_as_job_pod(kube_cluster, pod: dict[str, Any], token: str, namespace: str, workdir: Path,
-                   args: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    """The job's container as the kubelet runs it: kubectl (the image's entrypoint, this release
-    built from source) with the container's arguments (or ``args``) and environment, as the pod's
-    user, with what a mounted ServiceAccount token gives a pod: the token, the cluster's CA and
-    the namespace at the standard path, and KUBERNETES_SERVICE_HOST/PORT (here: the test API
-    server's address, for the kubernetes Service's). Its emptyDir is a fresh /tmp."""
+                   kubectl_args: list[str] | None = None, command: list[str] | None = None,
+                   ) -> subprocess.CompletedProcess[str]:
+    """The job's container as the kubelet runs it: its command (the restart script, by the
+    machine's sh and curl, the programs the curl image has) and environment, as the pod's user,
+    with what a mounted ServiceAccount token gives a pod: the token, the cluster's CA and the
+    namespace at the standard path, and KUBERNETES_SERVICE_HOST/PORT (here: the test API server's
+    address, for the kubernetes Service's). Its emptyDir is a fresh /tmp. With ``kubectl_args``
+    (kubectl) or ``command``, something else runs with the same token: what a stolen token could
+    be used for."""
     (container,) = pod["containers"]
     files: dict[str, tuple[bytes | Path, int]] = {
         f"{SERVICE_ACCOUNT_DIR}/{name}": (data, 0o644)
         for name, data in (("token", token.encode()), ("ca.crt", kube_cluster.api.ca_pem), ("namespace", namespace.encode()))
     }
     files[KUBECTL_PATH] = (toolchain_dir() / "kubectl", 0o755)
-    env = {"PATH": "/usr/bin:/bin", "HOME": "/",
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/", "KUBECACHEDIR": "/tmp/kube-cache",
            "KUBERNETES_SERVICE_HOST": kube_cluster.api.ip, "KUBERNETES_SERVICE_PORT": str(API_PORT),
            **{item["name"]: item["value"] for item in container.get("env", [])}}
-    return run_job_container(workdir, pod=pod, args=[KUBECTL_PATH, *(container["args"] if args is None else args)],
-                             files=files, fresh_dirs=["/run", "/tmp"], env=env, timeout=120)
+    args = [KUBECTL_PATH, *kubectl_args] if kubectl_args is not None else command or container["command"]
+    return run_job_container(workdir, pod=pod, args=args, files=files, fresh_dirs=["/run", "/tmp"], env=env,
+                             timeout=120)
 
 
 def test_the_maintenance_job_restarts_the_registry_with_its_token_and_may_do_nothing_else(tmp_path, kube_cluster):
-    """The CronJob as the API server stored it, its container run by the real kubectl with a
-    token of its ServiceAccount (TokenRequest, as the kubelet mounts one): the restart goes
-    through (the Role's get and patch of the registry's Deployment), the Deployment rolls a new
-    pod, anything else is forbidden, and Pulumi sees no change afterwards (kubectl's annotation
-    is kubectl's field, not the program's)."""
+    """The CronJob as the API server stored it, its container's script run by the real sh and
+    curl with a token of its ServiceAccount (TokenRequest, as the kubelet mounts one): the
+    restart goes through (the Role's patch of the registry's Deployment, the restart annotation
+    only), the Deployment rolls a new pod, and Pulumi sees no change afterwards (the annotation
+    is kubectl-rollout's field, not the program's). The same token in kubectl may do nothing
+    else: RBAC forbids every other verb and object, and the admission policy every other change
+    of the Deployment (its image, its replicas, an annotation of its own)."""
     namespace = "maintained-test"
     stack = new_stack(tmp_path, kube_cluster, "maintained", namespace, "127.0.0.85")
     stack.up().check()
@@ -286,9 +306,23 @@ def test_the_maintenance_job_restarts_the_registry_with_its_token_and_may_do_not
         for forbidden in (["get", "secrets"], ["get", "deployments"], ["delete", "deployment", "registry"],
                           ["scale", "deployment/registry", "--replicas=0"],
                           ["rollout", "restart", "deployment/registry", "--namespace", "default"]):
-            denied = run_as_job_pod(kube_cluster, pod, token, namespace, tmp_path / "denied", args=forbidden)
+            denied = run_as_job_pod(kube_cluster, pod, token, namespace, tmp_path / "denied", kubectl_args=forbidden)
             assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), (forbidden, denied.stderr)
-        assert apps.read_namespaced_deployment("registry", namespace).spec.replicas == 1
+        # A patch RBAC allows (kubectl cannot even send one: it GETs first), of anything but the
+        # restart annotation, sent as the job sends its own: refused by the admission policy.
+        for change in ('{"spec":{"template":{"spec":{"containers":[{"name":"registry","image":"evil.test/registry:1"}]}}}}',
+                       '{"spec":{"replicas":0}}',
+                       '{"metadata":{"annotations":{"stolen":"yes"}}}',
+                       '{"spec":{"template":{"metadata":{"annotations":{"other":"x"}}}}}'):
+            refused = run_as_job_pod(kube_cluster, pod, token, namespace, tmp_path / "refused",
+                                     command=["/bin/sh", "-c", PATCH_WITH_THE_TOKEN, "patch", change])
+            assert refused.returncode == 0, refused.stderr
+            assert refused.stdout.startswith("403\n"), (change, refused.stdout)
+            assert "ValidatingAdmissionPolicy" in refused.stdout and "may only restart the registry" in refused.stdout, \
+                (change, refused.stdout)
+        unchanged = apps.read_namespaced_deployment("registry", namespace)
+        assert unchanged.spec.replicas == 1 and unchanged.spec.template.spec.containers[0].image == "registry:3.1.1"
+        assert unchanged.metadata.generation == after.metadata.generation
 
         stack.preview("--expect-no-changes").check()
     finally:

@@ -2,7 +2,7 @@
 maintenance CronJob that restarts the registry so that it does (the resource graph under the
 mocks; the script's shell is checked here too).
 
-What the collector does to a volume is tests/test_garbage_collection_real.py (distribution 2.8);
+What the collector does to a volume is tests/test_garbage_collection_real.py (distribution 3.1.1);
 what the restart does on a cluster, with the Role's token, is tests/test_cluster_real.py.
 """
 
@@ -10,12 +10,12 @@ import subprocess
 
 import pytest
 
+from components.cluster.admission import RESTART_ANNOTATION, UNCHANGED_FIELDS
 from components.cluster.garbage_collection import garbage_collect_script
-from components.cluster.maintenance import KUBECTL_IMAGE
+from components.cluster.maintenance import CURL_IMAGE, RESTART_SCRIPT
 from components.config import ConfigError, parse_settings
 
 from harness import evaluate
-from pulumi_real import pins
 
 BASE = {"hostname": "registry.cube.test", "loadBalancerIp": "192.168.0.202"}
 CRON_JOB = "kubernetes:batch/v1:CronJob"
@@ -105,11 +105,11 @@ def test_a_bad_value_names_the_key_and_the_fix(value, message):
                for problem in raised.value.problems), raised.value.problems
 
 
-def test_the_restart_may_get_and_patch_the_registry_deployment_and_nothing_else():
+def test_the_restart_may_patch_the_registry_deployment_and_nothing_else():
     declared = evaluate({**BASE, "namespace": "images"})
     (rule,) = declared.named("registry-maintenance-role").inputs["rules"]
     assert rule == {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["registry"],
-                    "verbs": ["get", "patch"]}
+                    "verbs": ["patch"]}
     binding = declared.named("registry-maintenance-role-binding").inputs
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "registry-maintenance"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "registry-maintenance", "namespace": "images"}]
@@ -117,14 +117,39 @@ def test_the_restart_may_get_and_patch_the_registry_deployment_and_nothing_else(
     pod = maintenance_job(declared)["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == ("registry-maintenance", True)
     (container,) = pod["containers"]
-    assert container["args"] == ["rollout", "restart", "deployment/registry", "--namespace", "images"]
+    assert container["command"] == ["/bin/sh", "-c", RESTART_SCRIPT, "restart", "registry"]
+    assert container["image"] == CURL_IMAGE and "args" not in container
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     policy = declared.named("registry-maintenance-network-policy").inputs["spec"]
     assert (policy["policyTypes"], policy["ingress"]) == (["Ingress"], [])
 
 
-def test_the_kubectl_image_is_the_release_the_tests_build():
-    assert f"registry.k8s.io/kubectl:v{pins()['kubectl']}" == KUBECTL_IMAGE
+def test_an_admission_policy_lets_the_maintenance_account_change_nothing_but_the_restart_annotation():
+    """What it does to real requests is tests/test_cluster_real.py's: here, what is declared."""
+    declared = evaluate({**BASE, "namespace": "images"})
+    policy = declared.named("registry-maintenance-admission-policy").inputs
+    assert policy["metadata"]["name"] == "images-registry-maintenance-restart-only"
+    spec = policy["spec"]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["resourceRules"] == [
+        {"apiGroups": ["apps"], "apiVersions": ["*"], "operations": ["UPDATE"], "resources": ["deployments"]}]
+    assert spec["matchConditions"] == [{"name": "the-maintenance-account", "expression":
+                                        "request.userInfo.username == 'system:serviceaccount:images:registry-maintenance'"}]
+    (validation,) = spec["validations"]
+    for field in ("spec.template.spec", "spec.replicas", "spec.paused", "metadata.labels"):
+        assert field in UNCHANGED_FIELDS and f"object.{field} == oldObject.{field}" in validation["expression"]
+    assert f"k == '{RESTART_ANNOTATION}'" in validation["expression"]
+    binding = declared.named("registry-maintenance-admission-policy-binding").inputs
+    assert binding["metadata"]["name"] == binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"] == {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "images"}}}
+
+
+def test_the_restart_script_is_shellcheck_clean_posix_sh():
+    checked = subprocess.run(["shellcheck", "--shell=sh", "--severity=style", "-"], input=RESTART_SCRIPT.encode(),
+                             capture_output=True, check=False)
+    assert checked.returncode == 0, checked.stdout.decode()
 
 
 def test_no_job_pod_is_taken_for_the_registry():

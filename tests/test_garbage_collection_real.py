@@ -9,6 +9,7 @@ either lands whole or fails, and never leaves a broken image.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 from harness import Evaluation, evaluate
 from images import LAYER_BYTES, Pusher, pushed_ok, unique_layer, volume_bytes
 from pod import registry_pod, start_registry_pod
+from testbed.distribution_api import MEDIA_MANIFEST, RegistryApi, canonical, descriptor
 from testbed.registry import REGISTRY_2_8
 
 HOSTNAME = "registry.cube.test"
@@ -132,7 +134,10 @@ def test_with_retention_an_image_index_keeps_every_platform_and_what_no_tag_name
 
 def test_a_collector_that_fails_leaves_the_registry_serving(tmp_path):
     """A manifest the collector cannot read (its blob's bytes damaged: a disk error, a bad copy)
-    stops distribution's collector before it sweeps anything; the registry must still start.
+    stops distribution's collector before it sweeps anything; the registry must still start, and
+    the failure must stay on the pod's record: the init container ends with an error once (its
+    last state, exit code 1, the collector's error in its log), the kubelet runs it again, and
+    that run lets the registry start. The next pod collects again (its emptyDir is new).
     (A manifest whose blob is missing altogether does not: the collector skips its repository
     (PathNotFound), and then sweeps that image's layers, as it would any blob nothing names.)"""
     ip = "127.0.0.167"
@@ -145,12 +150,17 @@ def test_a_collector_that_fails_leaves_the_registry_serving(tmp_path):
     hex_digest = damaged.removeprefix("sha256:")
     (volume / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest / "data").write_bytes(b"{damaged")
     before = volume_bytes(volume)
-    with registry_pod(declared, tmp_path / "pod", ip) as restarted:
-        log = restarted.init_logs[INIT]
-        assert "failed to garbage collect" in log and "the registry starts anyway" in log, log
-        assert volume_bytes(volume) == before  # nothing swept
-        assert pusher.pull("app:1.0").returncode == 0
-        assert pusher.pulled_digest("app:1.0") == kept
+    for start in range(2):
+        with registry_pod(declared, tmp_path / "pod", ip) as restarted:
+            record = restarted.init_records[INIT]
+            assert (record.restarts, record.previous_exit_code) == (1, 1), (start, record)
+            assert record.previous_log is not None and "failed to garbage collect" in record.previous_log, record
+            assert "the registry starts uncollected once this container has run again" in record.previous_log
+            assert "the collector failed at the start of this pod" in record.log, record.log
+            assert "failed to garbage collect" not in record.log  # the second run does not collect
+            assert volume_bytes(volume) == before  # nothing swept
+            assert pusher.pull("app:1.0").returncode == 0
+            assert pusher.pulled_digest("app:1.0") == kept
 
 
 def test_a_push_racing_the_maintenance_restart_lands_whole_or_fails_cleanly(tmp_path):
@@ -213,3 +223,42 @@ def test_a_push_racing_the_maintenance_restart_lands_whole_or_fails_cleanly(tmp_
         stop.set()
         registry.stop()
 
+
+
+def test_a_repository_pushed_only_by_digest_neither_fails_the_collector_nor_survives_retention(tmp_path):
+    """distribution 2.8.3's collector failed the whole run on a repository with no tags at all
+    (its Tags().All() error was fatal with --delete-untagged); 3.1.1 passes over it
+    (ErrRepositoryUnknown), so the rest is still collected. Such an image is untagged: without
+    retention it stays and pulls; with retention its blobs go like any untagged image's."""
+    for retention, ip in ((False, "127.0.0.170"), (True, "127.0.0.171")):
+        declared = declared_with(ip, **({"retention": {"keepLast": 5}} if retention else {}))
+        pusher = Pusher(declared, ip, tmp_path / str(retention))
+        api = RegistryApi(f"https://{ip}:5000", pusher.ca_pem, pusher.credentials)
+        with registry_pod(declared, tmp_path / f"pod-{retention}", ip) as registry:
+            replaced = pushed_ok(pusher, "app", "latest", f"first build {retention}")
+            current = pushed_ok(pusher, "app", "latest", f"second build {retention}")
+            layer = unique_layer(f"by digest {retention}")
+            config = canonical({"architecture": "arm64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}})
+            api.put_blob("pinned", layer)
+            api.put_blob("pinned", config)
+            manifest = canonical({"schemaVersion": 2, "mediaType": MEDIA_MANIFEST,
+                                  "config": descriptor("application/vnd.oci.image.config.v1+json", config),
+                                  "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", layer)]})
+            pinned = api.put_manifest("pinned", "sha256:" + hashlib.sha256(manifest).hexdigest(), manifest, MEDIA_MANIFEST)
+            assert pusher.tags("pinned") == set()
+            before = volume_bytes(registry.volume_path(DATA))
+        with registry_pod(declared, tmp_path / f"pod-{retention}", ip) as restarted:
+            log = restarted.init_logs[INIT]
+            assert "the collector failed" not in log and "failed to garbage collect" not in log, log
+            after = volume_bytes(restarted.volume_path(DATA))
+            assert pusher.pull("app:latest").returncode == 0 and pusher.pulled_digest("app:latest") == current
+            if retention:
+                assert "manifest tags path of repository pinned does not exist" in log, log
+                # The build `latest` left behind and the image pushed by digest: two own layers.
+                assert 2 * LAYER_BYTES <= before - after < 3 * LAYER_BYTES, (before, after, log)
+                assert pusher.pull(f"app@{replaced}").returncode != 0
+                assert api.get_manifest("pinned", pinned)[0] != 200
+            else:
+                assert before == after, log
+                assert api.get_manifest("pinned", pinned)[0] == 200
+                assert pusher.pull(f"pinned@{pinned}").returncode == 0

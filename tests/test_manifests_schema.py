@@ -1,4 +1,7 @@
-"""Every Kubernetes object validates, strictly, against the upstream schemas of 1.28 and 1.33."""
+"""Every Kubernetes object validates, strictly, against the upstream schemas of 1.30 and 1.33.
+
+1.30 is the oldest Kubernetes (and k3s) the program supports: the maintenance job's
+ValidatingAdmissionPolicy is admissionregistration.k8s.io/v1, GA in 1.30 (components/cluster/admission.py)."""
 
 import kubernetes_validate
 import pytest
@@ -6,7 +9,7 @@ import pytest
 from harness import GUIDE_CONFIG, evaluate
 from manifests import kubernetes_manifests
 
-KUBERNETES_VERSIONS = ("1.28.0", "1.33.0")
+KUBERNETES_VERSIONS = ("1.30.0", "1.33.0")
 CONFIGS = {
     "guide": GUIDE_CONFIG,
     "defaults": {"hostname": "registry.example.lan", "loadBalancerIp": "10.1.2.3"},
@@ -44,8 +47,10 @@ def kinds_for(config_name):
     retention = []
     if "retention" in config:  # and, with auth, its credentials
         retention = ["ConfigMap", "CronJob", "NetworkPolicy", "ServiceAccount", *secrets[1:2]]
-    # garbage collection is on in each: the maintenance CronJob, its ServiceAccount, Role, RoleBinding, NetworkPolicy
-    maintenance = ["CronJob", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount"]
+    # garbage collection is on in each: the maintenance CronJob, its ServiceAccount, Role, RoleBinding, NetworkPolicy,
+    # and the admission policy (and its binding) that lets its token restart only
+    maintenance = ["CronJob", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount",
+                   "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]
     return sorted(["Deployment", "Namespace", "NetworkPolicy", "PersistentVolumeClaim", "Service", *secrets, *per_cache,
                    *retention, *maintenance])
 

@@ -359,3 +359,27 @@ def test_a_smaller_size_stops_before_the_api_naming_the_setting_and_the_size_the
     assert update_to("20480Mi") is None
     assert update_to("21474836480") is None
     assert update_to("25Gi") is None
+
+
+def test_every_image_the_program_deploys_is_in_the_readmes_platform_table():
+    """Each image must run on amd64, arm64 and arm/v7 (Pi racks and mini-PCs): the README's table
+    says so for each, read from its publisher's build; a new image needs its row."""
+    from harness import PROJECT_DIR
+
+    def images_in(value) -> set[str]:
+        """Every container's image in a declared object, wherever its pod spec sits."""
+        if isinstance(value, list):
+            return set().union(*map(images_in, value)) if value else set()
+        if not isinstance(value, dict):
+            return set()
+        own = {c["image"] for key in ("containers", "initContainers") for c in value.get(key, [])}
+        return own.union(*map(images_in, value.values()))
+
+    everything = evaluate({**GUIDE_CONFIG, "retention": {"keepLast": 3}, "mirrors": [{"upstream": "docker.io"}]})
+    images = set().union(*(images_in(resource.inputs) for resource in everything.resources))
+    assert len(images) == 3, images
+    readme = (PROJECT_DIR / "README.md").read_text()
+    for image in images:
+        (row,) = [line for line in readme.splitlines() if line.startswith(f"| `{image}` |")]
+        platforms = row.split(" | ")[2]
+        assert {"amd64", "arm64", "arm/v7"} <= {p.split(" ")[0] for p in platforms.split(", ")}, row

@@ -11,12 +11,17 @@ the same volume, with the release the toolchain builds.
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from releases import declared_by_release, release_tree
 
 from harness import evaluate
-from images import Pusher, pushed_ok, unique_layer, volume_bytes
+from images import Pusher, credentials_of, pushed_ok, unique_layer, volume_bytes
 from pod import registry_pod
+from releases import declared_by_release, release_tree
+from testbed.certs import self_signed_cert
+from testbed.oci import build_oci_layout, manifest_digest, skopeo_copy
+from testbed.registry import UPSTREAM_PORT, pointed_at_upstream, start_upstream
 
 PREVIOUS_RELEASE = "e161c5a"  # the last release that ran registry:2.8.3
 IP = "127.0.0.168"
@@ -59,3 +64,50 @@ def test_an_upgrade_from_registry_2_8_serves_every_image_and_platform_it_served(
         assert after.pull("app:1.0").returncode == 0
         # And it takes new pushes on the old volume.
         pushed_ok(after, "app", "2.0", "after the upgrade")
+
+
+CACHE_CONFIG = {"hostname": "registry.cube.test", "loadBalancerIp": "127.0.0.173",
+                "mirrors": [{"upstream": "docker.io"}]}
+CACHE = "registry-cache-docker-io-deployment"
+UPSTREAM_IP = "127.0.0.174"
+
+
+def test_a_cache_filled_by_registry_2_8_still_serves_after_the_upgrade_with_the_upstream_gone(tmp_path):
+    """The previous release's pull-through cache (distribution 2.8 in proxy mode) fetched an image
+    from docker.io (a stand-in); after the upgrade, this release's cache (3.1.1) on the same
+    volume serves it from its own storage once docker.io is gone, same digest. (Either release
+    must reach the upstream when it starts: README, "When things are down".)"""
+    previous = declared_by_release(release_tree(tmp_path, PREVIOUS_RELEASE), CACHE_CONFIG)
+    declared = evaluate(CACHE_CONFIG)
+    assert "registry:2.8.3" in json.dumps(previous.named(CACHE).inputs)
+    (port,) = declared.named("registry-cache-docker-io-service").inputs["spec"]["ports"]
+    ca = self_signed_cert("upstream.test", ip_addresses=[UPSTREAM_IP])
+    upstream = start_upstream(tmp_path / "upstream", UPSTREAM_IP, ca)
+    try:
+        certs = tmp_path / "upstream-certs"
+        certs.mkdir()
+        (certs / "ca.crt").write_bytes(ca.cert_pem)
+        layout = build_oci_layout(tmp_path / "image", "1.0", b"cached before the upgrade\n")
+        pushed = skopeo_copy(f"oci:{layout}:1.0", f"docker://{UPSTREAM_IP}:{UPSTREAM_PORT}/library/hello:1.0",
+                             extra_args=["--dest-cert-dir", str(certs)])
+        assert pushed.returncode == 0, pushed.stderr.decode()
+        digest = manifest_digest(layout, "1.0")
+        with registry_pod(previous, tmp_path / "cache", "127.0.0.173", deployment=CACHE, port=port["port"],
+                          **pointed_at_upstream(UPSTREAM_IP, ca.cert_pem)) as old:
+            assert pull_through(previous, port["port"], tmp_path / "before") == digest, old.log()
+        with registry_pod(declared, tmp_path / "cache", "127.0.0.173", deployment=CACHE, port=port["port"],
+                          **pointed_at_upstream(UPSTREAM_IP, ca.cert_pem)) as new:
+            upstream.stop()
+            assert pull_through(declared, port["port"], tmp_path / "after") == digest, new.log()
+    finally:
+        upstream.stop()
+
+
+def pull_through(declared, port: int, destination) -> str:
+    cert_dir = destination.parent / f"{destination.name}-ca"
+    cert_dir.mkdir()
+    (cert_dir / "ca.crt").write_text(declared.outputs["caCertificatePem"])
+    pulled = skopeo_copy(f"docker://127.0.0.173:{port}/library/hello:1.0", f"oci:{destination}:1.0",
+                         extra_args=["--src-cert-dir", str(cert_dir), "--src-creds", credentials_of(declared)])
+    assert pulled.returncode == 0, pulled.stderr.decode()
+    return manifest_digest(destination, "1.0")

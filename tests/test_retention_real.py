@@ -1,6 +1,6 @@
 """Tag retention for real: regbot (built from regclient's module at the CronJob image's release)
 runs the program's script, with the declared configuration, environment and arguments, against
-the real registry (distribution 2.8) started as declared.
+the real registry (distribution 3.1.1) started as declared.
 
 The job runs as its pod would: as the image's user, in a mount namespace whose /etc holds only
 the hosts file the kubelet writes from the pod's hostAliases and the ConfigMap at its mount
@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from harness import Evaluation, evaluate
-from images import LAYER_BYTES, credentials_of, tags_of, unique_layer, volume_bytes
+from images import LAYER_BYTES, Pusher, credentials_of, tags_of, unique_layer, volume_bytes
 from pod import _secret_files, registry_pod, run_job_container
 from pulumi_real import toolchain_dir
-from testbed.oci import build_oci_layout, manifest_digest, skopeo_copy
+from testbed.distribution_api import RegistryApi
+from testbed.oci import build_oci_image_index, build_oci_layout, manifest_digest, skopeo_copy
 
 HOSTNAME = "registry.cube.test"
 REGISTRY_IP = "127.0.0.160"
@@ -187,3 +188,68 @@ def test_the_job_has_its_own_password_and_never_the_registrys(declared):
     job = json.dumps(declared.named(RETENTION_JOB).inputs)
     assert password not in job and job_password not in job
     assert password not in config and job_password not in config  # regbot reads the mounted file
+
+
+MULTI_IP = "127.0.0.169"
+MULTI_RETENTION = {"keepLast": 1, "protect": ["latest"]}
+
+
+def test_indexes_their_platforms_and_referrers_are_kept_together_and_dated_by_their_images(tmp_path):
+    """What buildx, cosign and oras leave in a repository, as a Pi cluster's registry holds it:
+    ``latest`` and ``1.0``, one two-platform index with its attestation manifests, the same
+    platform images also tagged ``1.0-amd64`` and ``1.0-arm64``, an SBOM about the index (an OCI
+    1.1 referrer with ``subject``, pushed by digest, found through the referrers tag schema's
+    ``sha256-<hex>``); ``2.0``, a newer index for arm64 and arm only (none for the amd64 node the
+    job runs on); ``0.9``, an old single-platform image with a cosign signature
+    (``sha256-<hex>.sig``). Retention keeps the most recent image and ``latest``."""
+    declared = evaluate({"hostname": HOSTNAME, "loadBalancerIp": MULTI_IP, "retention": MULTI_RETENTION})
+    pusher = Pusher(declared, MULTI_IP, tmp_path)
+    api = RegistryApi(f"https://{MULTI_IP}:5000", declared.outputs["caCertificatePem"], pusher.credentials)
+    with registry_pod(declared, tmp_path / "pod", MULTI_IP) as registry:
+        build_oci_image_index(pusher.layout, "1.0", {"amd64": unique_layer("1.0 amd64"), "arm64": unique_layer("1.0 arm64")},
+                              attestations=True, created=days_ago(60), platform_tags=True)
+        index_1 = manifest_digest(pusher.layout, "1.0")
+        platforms_1 = {arch: manifest_digest(pusher.layout, f"1.0-{arch}") for arch in ("amd64", "arm64")}
+        for tag, source, all_platforms in (("1.0", "1.0", True), ("latest", "1.0", True),
+                                           ("1.0-amd64", "1.0-amd64", False), ("1.0-arm64", "1.0-arm64", False)):
+            pushed = skopeo_copy(f"oci:{pusher.layout}:{source}", f"docker://{MULTI_IP}:5000/app:{tag}",
+                                 extra_args=[*(["--all"] if all_platforms else []), "--dest-cert-dir", str(pusher.certs),
+                                             "--dest-creds", pusher.credentials])
+            assert pushed.returncode == 0, pushed.stderr.decode()
+        index_2 = pusher.push_index("app", "2.0", {"arm64": unique_layer("2.0 arm64"), "arm": unique_layer("2.0 arm")},
+                                    created=days_ago(5))
+        build_oci_layout(pusher.layout, "0.9", unique_layer("0.9"), created=days_ago(90))
+        old = manifest_digest(pusher.layout, "0.9")
+        pushed = skopeo_copy(f"oci:{pusher.layout}:0.9", f"docker://{MULTI_IP}:5000/app:0.9",
+                             extra_args=["--dest-cert-dir", str(pusher.certs), "--dest-creds", pusher.credentials])
+        assert pushed.returncode == 0, pushed.stderr.decode()
+        subject_1 = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index_1,
+                     "size": len((pusher.layout / "blobs/sha256" / index_1.removeprefix("sha256:")).read_bytes())}
+        sbom = api.push_artifact("app", "application/spdx+json", b'{"spdxVersion": "SPDX-2.3"}', subject_1)
+        sbom_tag = api.push_referrers_tag("app", index_1, [sbom])
+        subject_old = {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": old,
+                       "size": len((pusher.layout / "blobs/sha256" / old.removeprefix("sha256:")).read_bytes())}
+        signature_tag = old.replace(":", "-") + ".sig"
+        signature = api.push_artifact("app", "application/vnd.dev.cosign.simplesigning.v1+json",
+                                      b'{"critical": {}}', subject_old, reference=signature_tag)
+        ran = run_job(declared, tmp_path / "job")
+        assert ran.returncode == 0, ran.stderr + registry.log()
+        assert '"keep app:2.0 (among the 1 most recent)"' in ran.stderr, ran.stderr  # dated by its arm images
+        assert f'"keep app:{sbom_tag} (its subject {index_1} is kept)"' in ran.stderr, ran.stderr
+        assert pusher.tags("app") == {"latest", "2.0", sbom_tag}, ran.stderr
+        before = volume_bytes(registry.volume_path(DATA))
+    with registry_pod(declared, tmp_path / "pod", MULTI_IP) as restarted:
+        log = restarted.init_logs["garbage-collect"]
+        after = volume_bytes(restarted.volume_path(DATA))
+        # 0.9 and its signature go: its own layer, config and manifest, the signature's blobs.
+        assert LAYER_BYTES <= before - after < 2 * LAYER_BYTES, (before, after, log)
+        for reference, digest in (("app:latest", index_1), ("app:2.0", index_2)):
+            pulled = pusher.pull(reference, all_platforms=True)  # every platform, every digest verified
+            assert pulled.returncode == 0, pulled.stderr.decode() + log
+            assert pusher.pulled_digest(reference) == digest
+        for digest in platforms_1.values():
+            assert pusher.pull(f"app@{digest}").returncode == 0, log  # listed by `latest`: kept
+        assert api.get_manifest("app", sbom["digest"])[0] == 200, log  # its subject stays: so does it
+        assert pusher.pull(f"app@{old}").returncode != 0
+        assert api.get_manifest("app", signature["digest"])[0] == 404
+    print(f"\nindexes and referrers: {before} bytes before, {after} after: {before - after} freed (0.9 and its signature)")

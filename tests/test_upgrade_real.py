@@ -18,10 +18,10 @@ import base64
 import json
 
 import pytest
-from releases import release_tree
 
 from nodebed import NodeSpec, free_addresses, running_nodes, units_for
 from pulumi_real import PROJECT_DIR, RealStack
+from releases import release_tree
 
 PREVIOUS_RELEASE = "e734ff7"  # the last commit with the scripts in the command texts
 FLAT_LAYOUT = "38fef85"  # the last commit with every module in one components/ folder

@@ -166,13 +166,15 @@ def create_deployment(
     extra_scanner_exceptions: Sequence[str] = (),
     metrics: bool = False,
     init_containers: Sequence[k8s.core.v1.ContainerArgs] = (),
+    init_volumes: Sequence[k8s.core.v1.VolumeArgs] = (),
 ) -> k8s.apps.v1.Deployment:
     """``htpasswd_secret_name`` is given exactly when clients must log in (auth on, and not an
     anonymous cache); ``data_sub_path``
     is the directory of the claim that holds the storage root (the whole claim by default).
     A cache is the same Deployment with its own name, ``component`` and proxy ``extra_env``.
     ``metrics``: the debug server with Prometheus metrics on METRICS_PORT. ``init_containers``
-    run to their end, in order, before the registry starts (garbage_collection.py)."""
+    run to their end, in order, before the registry starts (garbage_collection.py); ``init_volumes``
+    are the volumes of their own."""
     labels = pod_labels(name, component)
     auth_mounts, auth_volumes = [], []
     if htpasswd_secret_name is not None:
@@ -239,6 +241,7 @@ def create_deployment(
             ),
             k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="64Mi")),
             *auth_volumes,
+            *init_volumes,
         ],
     )
     return k8s.apps.v1.Deployment(

@@ -17,6 +17,16 @@ list of untagged ones to delete (unmarkReferencedManifest); a repository with no
 (pushed only by digest) is passed over instead of failing the run (ErrRepositoryUnknown).
 distribution 2.8 did neither, which is why the program refuses a 2.8 image (config/stack.py).
 
+A collector that fails must not keep the registry down (it sweeps only once every manifest is
+marked, so a failed run has deleted nothing a manifest names), and must not go unnoticed either:
+the init container then ends with an error once, which the kubelet answers by running it again
+(a Deployment's pod restarts a failed init container); the second run finds the mark the first
+left in the pod's own emptyDir and ends well, so the registry starts, uncollected. The failure
+stays in the pod's status for its lifetime (the init container's restart count, its last state's
+exit code and, by FallbackToLogsOnError, the collector's last log lines as its message), in the
+kubelet's BackOff event, and with monitoring in the RegistryGarbageCollectionFailed alert (from
+kube-state-metrics' kube_pod_init_container_status_restarts_total; monitoring.py).
+
 Pull-through caches need none of this: what expires in proxy mode, distribution deletes itself.
 """
 
@@ -31,16 +41,26 @@ from .naming import DATA_MOUNT_PATH
 CONTAINER_NAME = "garbage-collect"
 REGISTRY_CONFIG = "/etc/distribution/config.yml"
 """The registry:3 image's configuration file; the pod's environment overrides what it sets."""
+STATE_VOLUME = "garbage-collection"
+STATE_MOUNT_PATH = "/run/garbage-collection"
+"""The pod's own emptyDir, where a failed first run leaves its mark for the second."""
+FAILED_MARK = f"{STATE_MOUNT_PATH}/failed"
 
 
 def garbage_collect_script(delete_untagged: bool, storage_root: str = DATA_MOUNT_PATH) -> str:
     """The init container's script (POSIX sh, for the image's busybox): collect, then end, so
-    the registry starts, also when the collector fails (a manifest it cannot read: its log says
-    so). A volume with nothing stored yet has nothing to collect."""
+    the registry starts. A collector that fails (a manifest it cannot read: its log says so)
+    ends the first run with an error, and the kubelet's second run lets the registry start. A
+    volume with nothing stored yet has nothing to collect."""
     options = "--delete-untagged " if delete_untagged else ""
     lines = [
         "set -eu",
         f"v2={storage_root}/docker/registry/v2",
+        f'if [ -e {FAILED_MARK} ]; then',
+        ('  echo "garbage-collect: the collector failed at the start of this pod (kubectl logs --previous says'
+         ' why); the registry starts uncollected"'),
+        "  exit 0",
+        "fi",
         'if [ ! -d "$v2/repositories" ]; then',
         '  echo "garbage-collect: nothing is stored yet; nothing to collect"',
         "  exit 0",
@@ -49,10 +69,18 @@ def garbage_collect_script(delete_untagged: bool, storage_root: str = DATA_MOUNT
         "  exit 0",
         "fi",
         # A collector that fails has deleted nothing a manifest names (it sweeps only once every
-        # manifest is marked), so the registry serves rather than stays down for it.
-        'echo "garbage-collect: the collector failed (see above); the registry starts anyway, uncollected" >&2',
+        # manifest is marked): the registry serves, once this failure is on the pod's record.
+        f"touch {FAILED_MARK}",
+        ('echo "garbage-collect: the collector failed (see above); the registry starts uncollected once this'
+         ' container has run again" >&2'),
+        "exit 1",
     ]
     return "\n".join(lines) + "\n"
+
+
+def state_volume() -> k8s.core.v1.VolumeArgs:
+    """The collector's emptyDir: it lives as long as the pod, across the init container's runs."""
+    return k8s.core.v1.VolumeArgs(name=STATE_VOLUME, empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="1Mi"))
 
 
 def garbage_collect_container(settings: RegistrySettings, data_sub_path: str | None) -> k8s.core.v1.ContainerArgs:
@@ -64,7 +92,12 @@ def garbage_collect_container(settings: RegistrySettings, data_sub_path: str | N
         image_pull_policy="IfNotPresent",
         command=["/bin/sh", "-c", garbage_collect_script(settings.deletes_untagged)],
         env=[k8s.core.v1.EnvVarArgs(name="REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", value=DATA_MOUNT_PATH)],
-        volume_mounts=[k8s.core.v1.VolumeMountArgs(name="data", mount_path=DATA_MOUNT_PATH, sub_path=data_sub_path)],
+        volume_mounts=[
+            k8s.core.v1.VolumeMountArgs(name="data", mount_path=DATA_MOUNT_PATH, sub_path=data_sub_path),
+            k8s.core.v1.VolumeMountArgs(name=STATE_VOLUME, mount_path=STATE_MOUNT_PATH),
+        ],
+        # A failed run's last log lines become its status message (kubectl describe pod).
+        termination_message_policy="FallbackToLogsOnError",
         # The collector holds every referenced digest in memory: the registry's own limits.
         resources=k8s.core.v1.ResourceRequirementsArgs(
             requests={"cpu": "50m", "memory": "64Mi"}, limits={"cpu": "1", "memory": "512Mi"}

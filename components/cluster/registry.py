@@ -102,6 +102,7 @@ class Registry(pulumi.ComponentResource):
             metrics=settings.monitoring.enabled,
             init_containers=[garbage_collection.garbage_collect_container(settings, data_sub_path)]
             if settings.garbage_collection.enabled else [],
+            init_volumes=[garbage_collection.state_volume()] if settings.garbage_collection.enabled else [],
         )
         if settings.garbage_collection.enabled:
             maintenance.create_maintenance(

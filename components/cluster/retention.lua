@@ -3,13 +3,25 @@
 -- Per repository: a tag is kept when it matches a protected pattern, is among the
 -- RETENTION_KEEP_LAST most recent, or is younger than RETENTION_KEEP_DAYS days; every other
 -- tag goes. "Recent" and "younger" are the image's creation time (its config's `created`), the
--- only date the registry API gives. A tag whose date cannot be read ranks after every dated
--- one for RETENTION_KEEP_LAST, and RETENTION_KEEP_DAYS keeps it.
+-- only date the registry API gives. An image index (a multi-platform image, one buildx pushed
+-- with its attestations) is as old as the newest image it lists for a platform: the `created`
+-- of each listed image's own config, read by digest, so the date does not depend on the
+-- platform of the node the job runs on; attestation manifests (platform unknown/unknown) and
+-- lists nested in a list give no date. A tag whose date cannot be read ranks after every
+-- dated one for RETENTION_KEEP_LAST, and RETENTION_KEEP_DAYS keeps it.
 --
--- A tag goes with a DELETE of its manifest digest when no kept tag shares that digest (the
--- registry then drops every tag of it, and garbage collection frees its blobs); when a kept tag
--- shares it, only the tag goes (regclient's tag delete: it points the tag at a throw-away
--- manifest and deletes that one, so the shared manifest stays).
+-- A signature or attestation stored under its subject's digest (OCI's referrers tag schema
+-- `sha256-<hex>`, cosign's `sha256-<hex>.sig`, `.att`, `.sbom`) is no image of its own: it is
+-- kept exactly while its subject is kept (a kept tag's image, or an image a kept index lists).
+--
+-- Only tags are deleted (distribution 3 untags: DELETE /v2/<name>/manifests/<tag>; regclient's
+-- tag delete sends that first). What no kept tag reaches any more, the registry's garbage
+-- collector removes with --delete-untagged, and it keeps every manifest a kept index lists
+-- (garbage_collection.py), so a platform image that is also tagged on its own (`app:1.0-arm64`
+-- beside the index `app:1.0`) stays as long as the index does.
+--
+-- A tag whose manifest cannot be read is kept, and the log says so: nothing is deleted that
+-- the job could not look at.
 --
 -- The settings come from the environment the CronJob sets:
 --   RETENTION_REGISTRY   host:port of the registry (its certificate's name)
@@ -34,6 +46,16 @@ local function isProtected(tagName)
     end
   end
   return false
+end
+
+-- The subject digest a referrer tag names ("sha256-<64 hex>" with an optional ".sig", ".att",
+-- ".sbom"...), or nil for any other tag.
+local function referrerSubject(tagName)
+  local hex, suffix = string.match(tagName, "^sha256%-(%x+)(.*)$")
+  if hex == nil or #hex ~= 64 or not (suffix == "" or string.match(suffix, "^%.%w+$")) then
+    return nil
+  end
+  return "sha256:" .. string.lower(hex)
 end
 
 -- Days since 1970-01-01 of a civil date (Howard Hinnant's days_from_civil): the epoch seconds
@@ -78,12 +100,51 @@ local function epochSeconds(text)
   return days * 86400 + tonumber(hour) * 3600 + tonumber(minute) * 60 + tonumber(second) - offset
 end
 
-local function createdAt(ref)
-  local ok, config = pcall(image.config, ref)
+local function byDigest(repoName, digest)
+  return reference.new(registry .. "/" .. repoName .. "@" .. digest)
+end
+
+-- The creation time of the image manifest `digest` (its config's `created`), or nil.
+local function createdAt(repoName, digest)
+  local ok, config = pcall(image.config, byDigest(repoName, digest))
   if not ok then
+    log("no date for " .. repoName .. "@" .. digest .. ": " .. tostring(config))
     return nil
   end
   return epochSeconds(config.created)
+end
+
+local function isPlatformImage(listed)
+  local platform = listed.platform
+  local annotations = listed.annotations or {}
+  if annotations["vnd.docker.reference.type"] ~= nil then
+    return false
+  end
+  return platform == nil or not (platform.os == "unknown" and platform.architecture == "unknown")
+end
+
+-- What a tag is: its digest, the digests an index lists, its creation time; or nil and why
+-- when its manifest cannot be read.
+local function readTag(repoName, tagName)
+  local ok, m = pcall(manifest.getList, reference.new(registry .. "/" .. repoName .. ":" .. tagName))
+  if not ok then
+    return nil, tostring(m)
+  end
+  local entry = { name = tagName, digest = m:descriptor().digest, listed = {} }
+  if m.manifests == nil then
+    entry.created = createdAt(repoName, entry.digest)
+    return entry
+  end
+  for _, listed in ipairs(m.manifests) do
+    table.insert(entry.listed, listed.digest)
+    if isPlatformImage(listed) then
+      local created = createdAt(repoName, listed.digest)
+      if created ~= nil and (entry.created == nil or created > entry.created) then
+        entry.created = created
+      end
+    end
+  end
+  return entry
 end
 
 -- Every repository: the catalog comes in pages.
@@ -106,32 +167,37 @@ local function repositories()
   end
 end
 
-local function planRepository(repoName)
-  local tags = {}
-  for _, tagName in ipairs(tag.ls(reference.new(registry .. "/" .. repoName))) do
-    local ref = reference.new(registry .. "/" .. repoName .. ":" .. tagName)
-    local head = manifest.head(ref)
-    table.insert(tags, {
-      name = tagName,
-      digest = head:descriptor().digest,
-      created = createdAt(ref),
-    })
-  end
-  -- Newest first; an undated tag after every dated one, ties by name.
-  table.sort(tags, function(a, b)
-    if a.created ~= b.created then
-      if a.created == nil then
-        return false
-      end
-      if b.created == nil then
-        return true
-      end
-      return a.created > b.created
+-- Newest first; an undated tag after every dated one, ties by name.
+local function newestFirst(a, b)
+  if a.created ~= b.created then
+    if a.created == nil then
+      return false
     end
-    return a.name < b.name
-  end)
-  local keep, drop = {}, {}
-  for rank, entry in ipairs(tags) do
+    if b.created == nil then
+      return true
+    end
+    return a.created > b.created
+  end
+  return a.name < b.name
+end
+
+local function planRepository(repoName)
+  local images, referrers, keep, drop = {}, {}, {}, {}
+  for _, tagName in ipairs(tag.ls(reference.new(registry .. "/" .. repoName))) do
+    local subject = referrerSubject(tagName)
+    local entry, problem = readTag(repoName, tagName)
+    if entry == nil then
+      table.insert(keep, { name = tagName, reason = "its manifest cannot be read: " .. problem })
+    elseif subject ~= nil then
+      entry.subject = subject
+      table.insert(referrers, entry)
+    else
+      table.insert(images, entry)
+    end
+  end
+  table.sort(images, newestFirst)
+  local keptDigests = {}
+  for rank, entry in ipairs(images) do
     local reason = nil
     if isProtected(entry.name) then
       reason = "protected"
@@ -145,6 +211,19 @@ local function planRepository(repoName)
     entry.reason = reason
     if reason ~= nil then
       table.insert(keep, entry)
+      keptDigests[entry.digest] = true
+      for _, digest in ipairs(entry.listed) do
+        keptDigests[digest] = true
+      end
+    else
+      table.insert(drop, entry)
+    end
+  end
+  table.sort(referrers, function(a, b) return a.name < b.name end)
+  for _, entry in ipairs(referrers) do
+    if keptDigests[entry.subject] then
+      entry.reason = "its subject " .. entry.subject .. " is kept"
+      table.insert(keep, entry)
     else
       table.insert(drop, entry)
     end
@@ -155,21 +234,13 @@ end
 local total = 0
 for _, repoName in ipairs(repositories()) do
   local keep, drop = planRepository(repoName)
-  local keptDigests = {}
   for _, entry in ipairs(keep) do
-    keptDigests[entry.digest] = true
     log("keep " .. repoName .. ":" .. entry.name .. " (" .. entry.reason .. ")")
   end
-  local deletedDigests = {}
   for _, entry in ipairs(drop) do
     log("delete " .. repoName .. ":" .. entry.name .. " " .. entry.digest)
     total = total + 1
-    if keptDigests[entry.digest] then
-      tag.delete(reference.new(registry .. "/" .. repoName .. ":" .. entry.name))
-    elseif not deletedDigests[entry.digest] then
-      deletedDigests[entry.digest] = true
-      manifest.head(reference.new(registry .. "/" .. repoName .. "@" .. entry.digest)):delete()
-    end
+    tag.delete(reference.new(registry .. "/" .. repoName .. ":" .. entry.name))
   end
 end
 log("retention: " .. total .. " tag(s) to delete")

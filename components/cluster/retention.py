@@ -2,10 +2,11 @@
 
 The client is regbot, from regclient (github.com/regclient/regclient, cmd/regbot), maintained
 and made for this: a registry client scripted in Lua, with a ``--dry-run`` that logs every
-delete and skips it. Its tag delete matters on distribution 2.8, which has no DELETE of a tag:
-when a kept tag shares the digest, regclient points the doomed tag at a throw-away manifest and
-deletes that one (scheme/reg/tag.go, TagDelete), so the shared manifest and its other tags
-stay; a DELETE of the digest would take every tag of it. The rules are retention.lua.
+delete and skips it. The job deletes tags only (regclient's TagDelete sends distribution 3's
+DELETE of a tag first, scheme/reg/tag.go): a manifest another tag, an index or a referrer still
+needs is never deleted by digest; what nothing kept reaches, the collector removes
+(garbage_collection.py). The rules, for indexes, attestations and referrers too, are
+retention.lua.
 
 The job has its own registry user and password (RETENTION_USERNAME, in its own Secret; the
 htpasswd file lists it next to the registry's user): revoking or rotating it touches nothing

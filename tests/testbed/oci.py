@@ -56,7 +56,8 @@ def build_oci_layout(
     return dest
 
 
-def build_oci_image_index(dest: Path, tag: str, payloads: Mapping[str, bytes], *, attestations: bool = False) -> Path:
+def build_oci_image_index(dest: Path, tag: str, payloads: Mapping[str, bytes], *, attestations: bool = False,
+                          created: str | None = None, platform_tags: bool = False) -> Path:
     """Write (or add ``tag`` to) the layout at ``dest`` as a multi-platform image: an image index
     whose entries are one image per architecture (``payloads``: architecture -> its layer's
     payload), as ``docker buildx build --platform ...`` pushes. Push it with ``skopeo copy --all``.
@@ -67,14 +68,16 @@ def build_oci_image_index(dest: Path, tag: str, payloads: Mapping[str, bytes], *
     one ``application/vnd.in-toto+json`` layer (annotated ``in-toto.io/predicate-type``), listed
     in the index with platform ``unknown/unknown`` and the annotations
     ``vnd.docker.reference.type: attestation-manifest`` and ``vnd.docker.reference.digest`` (the
-    image it describes)."""
+    image it describes). ``created``: each image config's creation time. ``platform_tags``: each
+    platform's image is also tagged ``<tag>-<architecture>`` in the layout (pushed alone, it is
+    the per-platform tag some builds push beside the index)."""
     blobs = dest / "blobs" / "sha256"
     blobs.mkdir(parents=True, exist_ok=True)
     entries = []
     for architecture, payload in payloads.items():
         layer_tar = _layer_tar(payload)
         layer = _write_blob(blobs, _gzip(layer_tar))
-        config = _write_blob(blobs, _canonical_json(_image_config([layer_tar], architecture=architecture)))
+        config = _write_blob(blobs, _canonical_json(_image_config([layer_tar], created, architecture=architecture)))
         manifest = _write_blob(blobs, _canonical_json({
             "schemaVersion": 2,
             "mediaType": MEDIA_MANIFEST,
@@ -82,6 +85,8 @@ def build_oci_image_index(dest: Path, tag: str, payloads: Mapping[str, bytes], *
             "layers": [{"mediaType": MEDIA_LAYER, **layer}],
         }))
         entries.append({"mediaType": MEDIA_MANIFEST, **manifest, "platform": {"architecture": architecture, "os": "linux"}})
+        if platform_tags:
+            _update_index(dest, f"{tag}-{architecture}", manifest)
         if attestations:
             entries.append(_attestation_entry(blobs, manifest["digest"], architecture))
     index = _write_blob(blobs, _canonical_json({"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": entries}))

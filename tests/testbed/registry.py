@@ -197,6 +197,8 @@ class RunningRegistry:
     _ns_id: str | None = field(default=None, repr=False)
     init_logs: dict[str, str] = field(default_factory=dict)
     """What each init container of the pod printed before the registry started (by name)."""
+    init_records: dict[str, Any] = field(default_factory=dict)
+    """Each init container's record (tests/pod.py InitContainerRecord: restarts, previous log)."""
 
     @property
     def url(self) -> str:
@@ -415,10 +417,10 @@ def _prepare_volume(workdir: Path, mount_path: str, spec: Volume, uid: int | Non
         return spec.path.resolve()
     slug = re.sub(r"[^A-Za-z0-9_.-]", "_", mount_path.strip("/")) or "_root"
     if spec in ("pvc", "emptydir"):
+        # Both outlive a container: a "pvc" the pod too, an "emptydir" only the pod (whose start
+        # removes it: tests/pod.py start_registry_pod).
         base = workdir / ("pvc" if spec == "pvc" else "emptydir")
         path = base / slug
-        if spec == "emptydir" and path.exists():
-            shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
         os.chown(path, uid or 0, gid if gid is not None else 0)
         path.chmod(0o2775 if gid is not None else 0o755)

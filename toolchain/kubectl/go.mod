@@ -1,4 +1,4 @@
-// kubectl, built from k8s.io/kubernetes at the release the maintenance CronJob's image carries.
+// kubectl, built from k8s.io/kubernetes at the control plane's release: the tests' Kubernetes client.
 module k3s-registry/toolchain/kubectl
 
 go 1.26.0

@@ -1,7 +1,7 @@
 //go:build tools
 
-// Package tools keeps kubectl (k8s.io/kubernetes/cmd/kubectl), the client the maintenance
-// CronJob's image (registry.k8s.io/kubectl) runs, in this module's graph at the pinned release.
+// Package tools keeps kubectl (k8s.io/kubernetes/cmd/kubectl), the Kubernetes client the tests
+// use a stolen maintenance token with, in this module's graph at the pinned release.
 package tools
 
 import _ "k8s.io/kubernetes/cmd/kubectl"
