@@ -100,16 +100,22 @@ def upstream(upstream_ca, token_server, tmp_path_factory):
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def publisher(upstream, client_key, tmp_path_factory):
-    """Whoever publishes to the stand-in docker.io: a machine that resolves its names."""
+def machine(name: str, ip: str, resolves: tuple[str, str], client_key, tmp_path_factory):
+    """A test host named ``name`` on ``ip`` whose /etc/hosts maps ``resolves`` (address, names)."""
     node = start_node(
-        "publisher", PUSHER_IP, tmp_path_factory.mktemp("publisher"),
-        hosts_content=f"127.0.0.1 localhost publisher\n{UPSTREAM_IP} {UPSTREAM_NAME} {AUTH_NAME}\n".encode(),
+        name, ip, tmp_path_factory.mktemp(name),
+        hosts_content=f"127.0.0.1 localhost {name}\n{resolves[0]} {resolves[1]}\n".encode(),
         authorized_pubkey=client_key.public_key_line,
     )
     yield node
     node.stop()
+
+
+@pytest.fixture(scope="module")
+def publisher(upstream, client_key, tmp_path_factory):
+    """Whoever publishes to the stand-in docker.io: a machine that resolves its names."""
+    yield from machine("publisher", PUSHER_IP, (UPSTREAM_IP, f"{UPSTREAM_NAME} {AUTH_NAME}"), client_key,
+                       tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -143,13 +149,7 @@ def cache(declared, upstream_digest, upstream_ca, cache_port, tmp_path_factory):
 @pytest.fixture(scope="module")
 def laptop(cache, client_key, tmp_path_factory):
     """A client whose /etc/hosts maps the registry name to the registry's IP."""
-    node = start_node(
-        "laptop", LAPTOP_IP, tmp_path_factory.mktemp("laptop"),
-        hosts_content=f"127.0.0.1 localhost laptop\n{CACHE_IP} {HOSTNAME}\n".encode(),
-        authorized_pubkey=client_key.public_key_line,
-    )
-    yield node
-    node.stop()
+    yield from machine("laptop", LAPTOP_IP, (CACHE_IP, HOSTNAME), client_key, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,10 @@ def test_by_default_the_registry_collects_at_every_start_and_restarts_on_sunday_
     assert init["image"] == registry["image"]
     assert init["securityContext"] == registry["securityContext"]
     data = [mount for mount in registry["volumeMounts"] if mount["name"] == "data"]
-    assert init["volumeMounts"] == data  # the same claim, the same place
+    state = {"name": "garbage-collection", "mountPath": "/run/garbage-collection"}
+    assert init["volumeMounts"] == [*data, state]  # the same claim, the same place; its own emptyDir
+    assert {"name": "garbage-collection", "emptyDir": {"sizeLimit": "1Mi"}} in pod["volumes"]
+    assert init["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert {"name": "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY", "value": "/var/lib/registry"} in init["env"]
     assert "--delete-untagged" not in init_script(declared)  # no retention: untagged images stay
     assert declared.named("registry-deployment").inputs["spec"]["strategy"] == {"type": "Recreate"}
@@ -81,7 +84,7 @@ def test_off_there_is_no_collector_and_no_restart():
 def test_an_existing_claim_is_collected_where_the_registry_reads_it():
     declared = evaluate({**BASE, "existingClaim": "registry-data"})
     (init,) = pod_of(declared)["initContainers"]
-    assert init["volumeMounts"] == [{"name": "data", "mountPath": "/var/lib/registry", "subPath": "registry"}]
+    assert init["volumeMounts"][0] == {"name": "data", "mountPath": "/var/lib/registry", "subPath": "registry"}
 
 
 def test_a_cache_is_never_collected():

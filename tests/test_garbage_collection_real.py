@@ -138,8 +138,8 @@ def test_a_collector_that_fails_leaves_the_registry_serving(tmp_path):
     the failure must stay on the pod's record: the init container ends with an error once (its
     last state, exit code 1, the collector's error in its log), the kubelet runs it again, and
     that run lets the registry start. The next pod collects again (its emptyDir is new).
-    (A manifest whose blob is missing altogether does not: the collector skips its repository
-    (PathNotFound), and then sweeps that image's layers, as it would any blob nothing names.)"""
+    (A manifest whose blob is missing altogether is found before the collector runs: the next
+    test.)"""
     ip = "127.0.0.167"
     declared = declared_with(ip, retention={"keepLast": 5})
     pusher = Pusher(declared, ip, tmp_path)
@@ -262,3 +262,38 @@ def test_a_repository_pushed_only_by_digest_neither_fails_the_collector_nor_surv
                 assert before == after, log
                 assert api.get_manifest("pinned", pinned)[0] == 200
                 assert pusher.pull(f"pinned@{pinned}").returncode == 0
+
+
+def test_a_manifest_whose_blob_is_missing_costs_no_other_image_of_its_repository(tmp_path):
+    """A manifest whose blob has gone from the volume (a bad restore, a disk error): distribution's
+    collector stops marking that repository there (PathNotFound) and sweeps the blobs of every
+    image of it it had not reached yet. The collection must keep every image it cannot prove
+    unreferenced: the pod's collector sees the missing blob first, collects nothing, and says so."""
+    ip = "127.0.0.175"
+    declared = declared_with(ip)
+    pusher = Pusher(declared, ip, tmp_path)
+    with registry_pod(declared, tmp_path / "pod", ip) as registry:
+        intact = {f"{number}.0": pushed_ok(pusher, "app", f"{number}.0", f"image {number}") for number in range(4)}
+        lost = pushed_ok(pusher, "app", "lost", "an image whose manifest blob goes")
+        volume = registry.volume_path(DATA)
+    hex_digest = lost.removeprefix("sha256:")
+    shutil.rmtree(volume / "docker/registry/v2/blobs/sha256" / hex_digest[:2] / hex_digest)
+    before = volume_bytes(volume)
+    with registry_pod(declared, tmp_path / "pod", ip) as restarted:
+        record = restarted.init_records[INIT]
+        assert volume_bytes(volume) == before, record
+        for tag, digest in intact.items():
+            assert pusher.pull(f"app:{tag}").returncode == 0, (tag, record)
+            assert pusher.pulled_digest(f"app:{tag}") == digest
+        assert record.restarts == 1 and record.previous_log is not None, record
+        revision = f"{DATA}/docker/registry/v2/repositories/app/_manifests/revisions/sha256/{hex_digest}"
+        assert f"app@{lost}: its blob is missing; restore it, or remove {revision} " in record.previous_log, record
+        # What the message tells to do (distribution answers a DELETE of that digest with 404):
+        # remove the revision in the registry's container; the next start collects.
+        assert restarted.run_inside(["rm", "-r", revision]).returncode == 0
+    with registry_pod(declared, tmp_path / "pod", ip) as collected:
+        record = collected.init_records[INIT]
+        assert record.restarts == 0 and "blob eligible for deletion" in record.log, record
+        for tag, digest in intact.items():
+            assert pusher.pull(f"app:{tag}").returncode == 0, (tag, record)
+            assert pusher.pulled_digest(f"app:{tag}") == digest

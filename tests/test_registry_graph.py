@@ -43,9 +43,11 @@ def test_every_object_is_a_child_of_the_registry_component(guide):
     assert {r.type for r in cluster_side} == {
         DEPLOYMENT, SERVICE, SECRET, CLAIM, NAMESPACE, KEY, CA, CSR, CERT, PASSWORD,
         "kubernetes:networking.k8s.io/v1:NetworkPolicy",
-        # the maintenance restart (garbage collection is on by default)
+        # the maintenance restart (garbage collection is on by default), and its admission policy
         "kubernetes:batch/v1:CronJob", "kubernetes:core/v1:ServiceAccount", "kubernetes:rbac.authorization.k8s.io/v1:Role",
         "kubernetes:rbac.authorization.k8s.io/v1:RoleBinding",
+        "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicy",
+        "kubernetes:admissionregistration.k8s.io/v1:ValidatingAdmissionPolicyBinding",
     }
     for resource in cluster_side:
         assert resource.parent == component.urn, resource.name

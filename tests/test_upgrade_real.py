@@ -30,7 +30,8 @@ OLD_OBSERVATION = "pulumi-python:dynamic/k3s-registry:NodeStepObservation"
 NEW_SCRIPTS = "pulumi-python:dynamic/k3s-registry:NodeScripts"
 HOSTNAME = "registry.upgrade.test"
 GARBAGE_COLLECTION_OBJECTS = {f"registry-maintenance-{kind}" for kind in (
-    "service-account", "role", "role-binding", "network-policy", "cron-job")}
+    "service-account", "role", "role-binding", "network-policy", "cron-job",
+    "admission-policy", "admission-policy-binding")}
 REGISTRY_IP = "127.0.0.190"  # only written into /etc/hosts; nothing connects to it
 CANDIDATE_IPS = [f"127.0.0.{n}" for n in range(191, 196)]
 HOSTS = b"127.0.0.1\tlocalhost\n"
@@ -139,7 +140,8 @@ def test_a_stack_made_before_the_layout_change_sees_no_changes(cluster, client_k
     stack.up().check()
     now = {r["urn"] for r in stack.resources()}
     assert now >= made, "no URN changed"
-    # What came since: the maintenance restart of garbage collection (on by default).
+    # What came since: the maintenance restart of garbage collection (on by default), and the
+    # admission policy that lets its token do nothing else.
     assert {urn.rsplit("::", 1)[1] for urn in now - made} == GARBAGE_COLLECTION_OBJECTS
     stack.up("--expect-no-changes").check()
     stack.destroy().check()

@@ -65,6 +65,7 @@ def garbage_collect_script(delete_untagged: bool, storage_root: str = DATA_MOUNT
         '  echo "garbage-collect: nothing is stored yet; nothing to collect"',
         "  exit 0",
         "fi",
+        *missing_manifest_check(),
         f"if registry garbage-collect {options}{REGISTRY_CONFIG}; then",
         "  exit 0",
         "fi",
@@ -76,6 +77,34 @@ def garbage_collect_script(delete_untagged: bool, storage_root: str = DATA_MOUNT
         "exit 1",
     ]
     return "\n".join(lines) + "\n"
+
+
+def missing_manifest_check() -> list[str]:
+    """Lines that stop the collection, as a failure, when a stored manifest's blob is missing.
+
+    distribution's collector stops marking a repository at a manifest it cannot find
+    (PathNotFound, which MarkAndSweep lets pass) and then sweeps the blobs of every image of that
+    repository it had not marked yet: one lost manifest would cost its neighbours their layers.
+    Each manifest is a ``_manifests/revisions/sha256/<hex>/link`` of its repository, whose blob
+    is ``blobs/sha256/<first two hex digits>/<hex>/data`` (registry/storage/paths.go)."""
+    return [
+        'missing=$(find "$v2/repositories" -type f -path "*/_manifests/revisions/sha256/*/link" | while read -r link; do',
+        '  digest=$(cat "$link")',
+        "  hex=${digest#sha256:}",
+        '  if [ ! -f "$v2/blobs/sha256/${hex%"${hex#??}"}/$hex/data" ]; then',
+        '    repository=${link#"$v2/repositories/"}',
+        ('    echo "garbage-collect: ${repository%%/_manifests/*}@$digest: its blob is missing; restore it, or remove'
+         ' ${link%/link} (kubectl exec into the registry container)"'),
+        "  fi",
+        "done)",
+        'if [ -n "$missing" ]; then',
+        '  echo "$missing" >&2',
+        f"  touch {FAILED_MARK}",
+        ('  echo "garbage-collect: nothing is collected while a manifest is missing (distribution would sweep the'
+         ' layers of the images of its repository it had not reached)" >&2'),
+        "  exit 1",
+        "fi",
+    ]
 
 
 def state_volume() -> k8s.core.v1.VolumeArgs:
