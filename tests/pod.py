@@ -175,23 +175,18 @@ def run_init_containers(
     records = {}
     for container in pod.get("initContainers", []):
         settings = _container_settings(evaluation, pod, container, claims or {})
-        record: InitContainerRecord | None = None
-        record_exit = 0
-        for _ in range(INIT_CONTAINER_RUNS):
-            ran = run_container(workdir, argv=[*container.get("command", []), *container.get("args", [])],
-                                image=image_for(container["image"]), **settings)
-            if record is None:
-                record = InitContainerRecord(log=ran.stdout)
-            else:
-                record = InitContainerRecord(log=ran.stdout, restarts=record.restarts + 1, previous_log=record.log,
-                                             previous_exit_code=record_exit)
-            record_exit = ran.returncode
-            if ran.returncode == 0:
-                break
-        assert record is not None
-        if record_exit != 0:
-            raise AssertionError(f"init container {container['name']} exited {record_exit} "
-                                 f"{INIT_CONTAINER_RUNS} times:\n{record.log}")
+        runs: list[subprocess.CompletedProcess[str]] = []
+        while len(runs) < INIT_CONTAINER_RUNS and (not runs or runs[-1].returncode != 0):
+            runs.append(run_container(workdir, argv=[*container.get("command", []), *container.get("args", [])],
+                                      image=image_for(container["image"]), **settings))
+        if runs[-1].returncode != 0:
+            raise AssertionError(f"init container {container['name']} exited {runs[-1].returncode} "
+                                 f"{INIT_CONTAINER_RUNS} times:\n{runs[-1].stdout}")
+        previous = runs[-2] if len(runs) > 1 else None
+        record = InitContainerRecord(
+            log=runs[-1].stdout, restarts=len(runs) - 1, previous_log=previous.stdout if previous else None,
+            previous_exit_code=previous.returncode if previous else None,
+        )
         records[container["name"]] = record
     return records
 

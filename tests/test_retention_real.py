@@ -253,3 +253,25 @@ def test_indexes_their_platforms_and_referrers_are_kept_together_and_dated_by_th
         assert pusher.pull(f"app@{old}").returncode != 0
         assert api.get_manifest("app", signature["digest"])[0] == 404
     print(f"\nindexes and referrers: {before} bytes before, {after} after: {before - after} freed (0.9 and its signature)")
+
+
+def test_a_tag_whose_manifest_cannot_be_read_is_kept_and_said(tmp_path):
+    """Bad input: the job keeps what it cannot look at (a manifest whose bytes were damaged on
+    the volume), says so in its log, and decides the rest as usual."""
+    ip = "127.0.0.176"
+    declared = evaluate({"hostname": HOSTNAME, "loadBalancerIp": ip, "retention": {"keepLast": 1, "protect": []}})
+    pusher = Pusher(declared, ip, tmp_path)
+    with registry_pod(declared, tmp_path / "pod", ip) as registry:
+        for number, age in ((1, 30), (2, 20), (3, 10)):
+            build_oci_layout(pusher.layout, f"{number}.0", unique_layer(f"build {number}"), created=days_ago(age))
+            pushed = skopeo_copy(f"oci:{pusher.layout}:{number}.0", f"docker://{ip}:5000/app:{number}.0",
+                                 extra_args=["--dest-cert-dir", str(pusher.certs), "--dest-creds", pusher.credentials])
+            assert pushed.returncode == 0, pushed.stderr.decode()
+        damaged = manifest_digest(pusher.layout, "1.0").removeprefix("sha256:")
+        blob = registry.volume_path(DATA) / "docker/registry/v2/blobs/sha256" / damaged[:2] / damaged / "data"
+        blob.write_bytes(b"{damaged")
+        ran = run_job(declared, tmp_path / "job")
+        assert ran.returncode == 0, ran.stderr + registry.log()
+        assert '"keep app:1.0 (its manifest cannot be read: ' in ran.stderr, ran.stderr
+        assert '"keep app:3.0 (among the 1 most recent)"' in ran.stderr and '"delete app:2.0 ' in ran.stderr
+        assert pusher.tags("app") == {"1.0", "3.0"}
