@@ -297,3 +297,25 @@ def test_a_manifest_whose_blob_is_missing_costs_no_other_image_of_its_repository
         for tag, digest in intact.items():
             assert pusher.pull(f"app:{tag}").returncode == 0, (tag, record)
             assert pusher.pulled_digest(f"app:{tag}") == digest
+
+
+def test_an_index_that_lists_a_manifest_the_registry_lacks_is_refused_at_push(tmp_path):
+    """Bad input the collector never meets: distribution 3.1.1 refuses an index that lists a
+    manifest it does not hold (MANIFEST_BLOB_UNKNOWN), so every stored index has its children
+    (one whose child's blob went later is the missing-manifest case above)."""
+    ip = "127.0.0.177"
+    declared = declared_with(ip, retention={"keepLast": 5})
+    pusher = Pusher(declared, ip, tmp_path)
+    api = RegistryApi(f"https://{ip}:5000", pusher.ca_pem, pusher.credentials)
+    with registry_pod(declared, tmp_path / "pod", ip):
+        present = pushed_ok(pusher, "app", "1.0", "a platform image")
+        absent = "sha256:" + hashlib.sha256(b"a manifest nobody pushed").hexdigest()
+        index = canonical({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [
+            {"mediaType": MEDIA_MANIFEST, "digest": present, "size": 1,
+             "platform": {"architecture": "amd64", "os": "linux"}},
+            {"mediaType": MEDIA_MANIFEST, "digest": absent, "size": 1,
+             "platform": {"architecture": "arm64", "os": "linux"}}]})
+        status, _, answer = api.request("PUT", "/v2/app/manifests/2.0", index,
+                                        {"Content-Type": "application/vnd.oci.image.index.v1+json"})
+        assert status == 400 and b"MANIFEST_BLOB_UNKNOWN" in answer, (status, answer)
+        assert pusher.tags("app") == {"1.0"}
