@@ -12,6 +12,8 @@ the same volume, with the release the toolchain builds.
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 
 import pytest
 
@@ -95,12 +97,26 @@ def test_a_cache_filled_by_registry_2_8_still_serves_after_the_upgrade_with_the_
         with registry_pod(previous, tmp_path / "cache", "127.0.0.173", deployment=CACHE, port=port["port"],
                           **pointed_at_upstream(UPSTREAM_IP, ca.cert_pem)) as old:
             assert pull_through(previous, port["port"], tmp_path / "before") == digest, old.log()
+            # A proxy stores what it streamed to the client in the background (registry/proxy
+            # proxyblobstore.go, ServeBlob: storeLocal in a goroutine): the pod is stopped only
+            # once every blob of the image is on its volume, as a pod that ran on would have it.
+            wait_until_stored(old.volume_path(DATA), layout)
         with registry_pod(declared, tmp_path / "cache", "127.0.0.173", deployment=CACHE, port=port["port"],
                           **pointed_at_upstream(UPSTREAM_IP, ca.cert_pem)) as new:
             upstream.stop()
             assert pull_through(declared, port["port"], tmp_path / "after") == digest, new.log()
     finally:
         upstream.stop()
+
+
+def wait_until_stored(volume: Path, layout: Path, timeout: float = 30) -> None:
+    """Until each blob of the OCI layout (manifest, config, layers) is in the volume's blob store."""
+    wanted = [volume / "docker/registry/v2/blobs/sha256" / blob.name[:2] / blob.name / "data"
+              for blob in (layout / "blobs" / "sha256").iterdir()]
+    deadline = time.monotonic() + timeout
+    while not all(path.is_file() for path in wanted):
+        assert time.monotonic() < deadline, [str(path) for path in wanted if not path.is_file()]
+        time.sleep(0.2)
 
 
 def pull_through(declared, port: int, destination) -> str:
