@@ -70,8 +70,14 @@ class Pusher:
                    created: str | None = None) -> str:
         key = f"{repo}-{tag}"
         build_oci_image_index(self.layout, key, platforms, attestations=attestations, created=created)
+        return self.push_layout(key, repo, tag, all_platforms=True)
+
+    def push_layout(self, key: str, repo: str, tag: str, *, all_platforms: bool = False) -> str:
+        """Push what the layout holds under ``key`` as ``repo:tag`` (an index with every platform
+        when ``all_platforms``); its digest."""
         pushed = skopeo_copy(f"oci:{self.layout}:{key}", f"docker://{self.ip}:5000/{repo}:{tag}",
-                             extra_args=["--all", "--dest-cert-dir", str(self.certs), "--dest-creds", self.credentials])
+                             extra_args=[*(["--all"] if all_platforms else []), "--dest-cert-dir", str(self.certs),
+                                         "--dest-creds", self.credentials])
         assert pushed.returncode == 0, pushed.stderr.decode()
         return manifest_digest(self.layout, key)
 

@@ -212,17 +212,11 @@ def test_indexes_their_platforms_and_referrers_are_kept_together_and_dated_by_th
         platforms_1 = {arch: manifest_digest(pusher.layout, f"1.0-{arch}") for arch in ("amd64", "arm64")}
         for tag, source, all_platforms in (("1.0", "1.0", True), ("latest", "1.0", True),
                                            ("1.0-amd64", "1.0-amd64", False), ("1.0-arm64", "1.0-arm64", False)):
-            pushed = skopeo_copy(f"oci:{pusher.layout}:{source}", f"docker://{MULTI_IP}:5000/app:{tag}",
-                                 extra_args=[*(["--all"] if all_platforms else []), "--dest-cert-dir", str(pusher.certs),
-                                             "--dest-creds", pusher.credentials])
-            assert pushed.returncode == 0, pushed.stderr.decode()
+            pusher.push_layout(source, "app", tag, all_platforms=all_platforms)
         index_2 = pusher.push_index("app", "2.0", {"arm64": unique_layer("2.0 arm64"), "arm": unique_layer("2.0 arm")},
                                     created=days_ago(5))
         build_oci_layout(pusher.layout, "0.9", unique_layer("0.9"), created=days_ago(90))
-        old = manifest_digest(pusher.layout, "0.9")
-        pushed = skopeo_copy(f"oci:{pusher.layout}:0.9", f"docker://{MULTI_IP}:5000/app:0.9",
-                             extra_args=["--dest-cert-dir", str(pusher.certs), "--dest-creds", pusher.credentials])
-        assert pushed.returncode == 0, pushed.stderr.decode()
+        old = pusher.push_layout("0.9", "app", "0.9")
         subject_1 = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": index_1,
                      "size": len((pusher.layout / "blobs/sha256" / index_1.removeprefix("sha256:")).read_bytes())}
         sbom = api.push_artifact("app", "application/spdx+json", b'{"spdxVersion": "SPDX-2.3"}', subject_1)
@@ -264,9 +258,7 @@ def test_a_tag_whose_manifest_cannot_be_read_is_kept_and_said(tmp_path):
     with registry_pod(declared, tmp_path / "pod", ip) as registry:
         for number, age in ((1, 30), (2, 20), (3, 10)):
             build_oci_layout(pusher.layout, f"{number}.0", unique_layer(f"build {number}"), created=days_ago(age))
-            pushed = skopeo_copy(f"oci:{pusher.layout}:{number}.0", f"docker://{ip}:5000/app:{number}.0",
-                                 extra_args=["--dest-cert-dir", str(pusher.certs), "--dest-creds", pusher.credentials])
-            assert pushed.returncode == 0, pushed.stderr.decode()
+            pusher.push_layout(f"{number}.0", "app", f"{number}.0")
         damaged = manifest_digest(pusher.layout, "1.0").removeprefix("sha256:")
         blob = registry.volume_path(DATA) / "docker/registry/v2/blobs/sha256" / damaged[:2] / damaged / "data"
         blob.write_bytes(b"{damaged")
